@@ -1,0 +1,12 @@
+//! ews-gateway: keeps Basic-auth EWS clients working against Exchange with app-only OAuth.
+//!
+//! The crate holds two products that share plumbing:
+//! - the gateway (authenticate -> authorise -> token -> rewrite -> forward -> respond -> audit);
+//! - `sim`, a strict simulated Exchange Online (Entra token endpoint, EWS, mailboxes) that the
+//!   tests and `demo` run against.
+#![forbid(unsafe_code)]
+
+pub mod http_util;
+pub mod sim;
+pub mod soap;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! EWS operations over the mailbox store.
