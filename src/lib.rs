@@ -6,7 +6,10 @@
 //!   tests and `demo` run against.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod http_util;
+pub mod policy;
+pub mod rewrite;
 pub mod sim;
 pub mod soap;
 pub mod tls;

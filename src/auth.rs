@@ -1,0 +1,1 @@
+//! Inbound credentials: Basic header parsing, the users file, verification.

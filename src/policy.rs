@@ -1,0 +1,1 @@
+//! Mailbox and operation policy: which mailbox a principal may act as.

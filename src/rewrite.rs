@@ -1,0 +1,1 @@
+//! Streaming, namespace-aware rewrite of the SOAP envelope start.
