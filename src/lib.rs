@@ -7,9 +7,16 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
 pub mod http_util;
 pub mod policy;
+pub mod proxy;
 pub mod rewrite;
+pub mod server;
 pub mod sim;
 pub mod soap;
 pub mod tls;
+pub mod token;
+pub mod upstream;

@@ -18,8 +18,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway from a configuration file.
+    Serve(ServeArgs),
+    /// Run the simulator and the gateway together on loopback, with demo users.
+    Demo(DemoArgs),
     /// Run the strict simulated Exchange Online (token endpoint, EWS, mailboxes).
     Sim(SimArgs),
+    /// Read a password (terminal, or one line of standard input) and print its argon2id hash.
+    HashPassword,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (see ews-gateway.example.toml).
+    #[arg(long, short = 'c', env = "EWS_GATEWAY_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Address the gateway listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,8 +85,91 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Serve(args) => run_serve(args).await,
+        Command::Demo(args) => run_demo(args).await,
         Command::Sim(args) => run_sim(args).await,
+        Command::HashPassword => hash_password(),
     }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let config = ews_gateway::config::Config::load(&args.config)?;
+    let handle = ews_gateway::server::start(&config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    handle.stop().await;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_demo(args: DemoArgs) -> Result<()> {
+    let demo = ews_gateway::demo::start(args.listen, sim::SimConfig::builtin()?).await?;
+    let url = demo.gateway.ews_url();
+    println!("ews-gateway demo: the gateway is listening in front of a simulated Exchange Online.");
+    println!();
+    println!("  EWS URL (give this to legacy clients)  {url}");
+    println!("  simulated Exchange Online              {}", demo.sim.base_url());
+    println!();
+    println!("Demo users (Basic auth):");
+    for user in ews_gateway::demo::DEMO_USERS {
+        let scope = if user.may_impersonate.is_empty() {
+            "own mailbox only".to_owned()
+        } else {
+            format!("may impersonate {}", user.may_impersonate.join(", "))
+        };
+        println!("  {:<28} {:<22} {scope}", user.name, user.password);
+    }
+    println!();
+    println!("Try it with curl (alice's inbox):");
+    println!(
+        "  curl -s -u alice@contoso.example:alice-demo-pass -H 'Content-Type: text/xml; charset=utf-8' {url} --data '<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Header><t:RequestServerVersion Version=\"Exchange2016\"/></s:Header><s:Body><m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id=\"inbox\"/></m:ParentFolderIds></m:FindItem></s:Body></s:Envelope>'"
+    );
+    println!();
+    println!("Or with exchangelib (pip install exchangelib):");
+    println!("  python3 - <<'EOF'");
+    println!("from exchangelib import Account, Configuration, Credentials, DELEGATE");
+    println!("from exchangelib.transport import BASIC");
+    println!("cfg = Configuration(service_endpoint='{url}', credentials=Credentials('alice@contoso.example', 'alice-demo-pass'), auth_type=BASIC)");
+    println!("a = Account('alice@contoso.example', config=cfg, autodiscover=False, access_type=DELEGATE)");
+    println!("for m in a.inbox.all().order_by('-datetime_received')[:10]: print(m.datetime_received, m.subject)");
+    println!("EOF");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await?;
+    demo.stop().await;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn hash_password() -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+        let second = rpassword::prompt_password("Again: ").context("reading the password")?;
+        anyhow::ensure!(first == second, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    let hash = ews_gateway::auth::hash_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{hash}");
+    Ok(())
 }
 
 async fn run_sim(args: SimArgs) -> Result<()> {
@@ -93,7 +196,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
     } else {
         print_sim_human(&handle, &summary, args.ca_out.as_deref());
     }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    shutdown_signal().await?;
     handle.stop().await;
     Ok(())
 }

@@ -1,0 +1,469 @@
+//! Gateway configuration: the TOML file `ews-gateway serve --config FILE` reads.
+//!
+//! Every key is documented in `ews-gateway.example.toml`. Unknown keys are refused, and
+//! [`Config::validate`] reports every problem at once before anything listens. Secrets are read
+//! from files or environment variables; an inline secret is accepted only with a warning.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said (line and column included).
+        message: String,
+    },
+    /// The file parsed, but has problems; all are listed.
+    #[error("configuration has {} problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Inbound listener.
+    pub listen: ListenConfig,
+    /// Inbound authentication.
+    pub auth: AuthConfig,
+    /// Where EWS requests go.
+    pub upstream: UpstreamConfig,
+    /// Entra tenants whose app-only tokens the gateway uses.
+    #[serde(rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Inbound listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address and port, e.g. `0.0.0.0:8443`.
+    pub address: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (Basic credentials then cross the network in
+    /// clear text; only behind a TLS-terminating load balancer).
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+/// Inbound authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The users file (TOML) with password hashes and mailbox policy.
+    pub users_file: PathBuf,
+    /// Realm in the `WWW-Authenticate: Basic` challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Domain appended to a bare user name (`alice` -> `alice@<default_domain>`).
+    #[serde(default)]
+    pub default_domain: Option<String>,
+    /// NetBIOS domain -> mail domain, for `DOMAIN\user` logins.
+    #[serde(default)]
+    pub netbios_domains: BTreeMap<String, String>,
+    /// How long a verified credential is remembered (seconds), so steady traffic skips the hash.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_seconds: u64,
+}
+
+/// Where EWS requests go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The EWS endpoint, e.g. `https://outlook.office365.com/EWS/Exchange.asmx`.
+    pub ews_url: String,
+    /// Extra CA certificates (PEM) to trust besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for a TCP+TLS connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Seconds to wait for the response head once the request is sent.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_seconds: u64,
+}
+
+/// An Entra tenant and the app registration the gateway uses in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant id (GUID) or its initial domain.
+    pub tenant_id: String,
+    /// Mail domains whose mailboxes belong to this tenant. May be empty when there is one tenant.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Application (client) id of the gateway's app registration.
+    pub client_id: String,
+    /// Client secret read from this file (trailing newline ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Client secret read from this environment variable.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Client secret inline (discouraged: a warning is logged).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Token authority, e.g. `https://login.microsoftonline.com`.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Scope requested, e.g. `https://outlook.office365.com/.default`.
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// Extra CA certificates (PEM) for the token endpoint besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Refresh a token this many seconds before it expires.
+    #[serde(default = "default_refresh_margin")]
+    pub refresh_before_expiry_seconds: u64,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body in bytes (default fits a 150 MB attachment in base64).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Largest SOAP envelope head (everything before the operation element) in bytes.
+    #[serde(default = "default_max_prefix")]
+    pub max_envelope_head_bytes: usize,
+    /// Seconds a client has to send its request head.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// Largest request head in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            max_envelope_head_bytes: default_max_prefix(),
+            header_read_timeout_seconds: default_header_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+fn default_realm() -> String {
+    "ews-gateway".to_owned()
+}
+fn default_cache_ttl() -> u64 {
+    60
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_response_timeout() -> u64 {
+    120
+}
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".to_owned()
+}
+fn default_scope() -> String {
+    "https://outlook.office365.com/.default".to_owned()
+}
+fn default_refresh_margin() -> u64 {
+    300
+}
+fn default_max_body() -> u64 {
+    // 150 MB of attachment is ~200 MiB once base64 and SOAP are added.
+    210 * 1024 * 1024
+}
+fn default_max_prefix() -> usize {
+    64 * 1024
+}
+fn default_header_timeout() -> u64 {
+    30
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+/// Where a secret comes from, resolved.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call only where it is sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Config {
+    /// Reads and parses a file, then validates it; all problems are reported together.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Self::parse(&text, &path.display().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks everything that can be checked without the network; lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let l = &self.listen;
+        match (&l.tls_cert, &l.tls_key) {
+            (Some(_), None) | (None, Some(_)) => problems
+                .push("listen: tls_cert and tls_key must be set together".to_owned()),
+            (None, None) if !l.address.ip().is_loopback() && !l.allow_plain_http => {
+                problems.push(format!(
+                    "listen: {} is not loopback and no tls_cert/tls_key is set; Basic credentials would cross the network in clear text (set allow_plain_http = true only behind a TLS-terminating load balancer)",
+                    l.address
+                ))
+            }
+            _ => {}
+        }
+        for (key, path) in [("listen.tls_cert", &l.tls_cert), ("listen.tls_key", &l.tls_key)] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                problems.push(format!("{key}: {} is not a readable file", p.display()));
+            }
+        }
+        if !self.auth.users_file.is_file() {
+            problems.push(format!(
+                "auth.users_file: {} is not a readable file",
+                self.auth.users_file.display()
+            ));
+        }
+        if self.auth.realm.contains('"') || self.auth.realm.is_empty() {
+            problems.push("auth.realm: must be non-empty and contain no double quote".to_owned());
+        }
+        match url_parts(&self.upstream.ews_url) {
+            Ok(_) => {}
+            Err(e) => problems.push(format!("upstream.ews_url: {e}")),
+        }
+        if let Some(p) = &self.upstream.ca_file
+            && !p.is_file()
+        {
+            problems.push(format!("upstream.ca_file: {} is not a readable file", p.display()));
+        }
+        if self.tenants.is_empty() {
+            problems.push("tenant: at least one [[tenant]] is required".to_owned());
+        }
+        let several = self.tenants.len() > 1;
+        let mut seen_domains = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = format!("tenant[{i}] ({})", t.tenant_id);
+            if t.tenant_id.trim().is_empty() {
+                problems.push(format!("{at}: tenant_id is empty"));
+            }
+            if t.client_id.trim().is_empty() {
+                problems.push(format!("{at}: client_id is empty"));
+            }
+            let sources = [
+                t.client_secret_file.is_some(),
+                t.client_secret_env.is_some(),
+                t.client_secret.is_some(),
+            ]
+            .iter()
+            .filter(|s| **s)
+            .count();
+            if sources != 1 {
+                problems.push(format!(
+                    "{at}: set exactly one of client_secret_file, client_secret_env, client_secret"
+                ));
+            }
+            if let Some(p) = &t.client_secret_file
+                && !p.is_file()
+            {
+                problems.push(format!("{at}: client_secret_file {} is not a readable file", p.display()));
+            }
+            if let Some(var) = &t.client_secret_env
+                && std::env::var_os(var).is_none()
+            {
+                problems.push(format!("{at}: environment variable {var} is not set"));
+            }
+            if let Err(e) = url_parts(&t.authority) {
+                problems.push(format!("{at}: authority: {e}"));
+            }
+            if !t.scope.ends_with("/.default") {
+                problems.push(format!(
+                    "{at}: scope {} must end with /.default (client-credentials grant)",
+                    t.scope
+                ));
+            }
+            if several && t.domains.is_empty() {
+                problems.push(format!(
+                    "{at}: with several tenants each must list its mail domains"
+                ));
+            }
+            for d in &t.domains {
+                if !seen_domains.insert(d.to_ascii_lowercase()) {
+                    problems.push(format!("{at}: domain {d} is claimed by two tenants"));
+                }
+            }
+        }
+        if self.limits.max_envelope_head_bytes < 1024 {
+            problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl TenantConfig {
+    /// Reads the client secret from where the config says it is.
+    pub fn resolve_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.client_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            return Ok(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()));
+        }
+        if let Some(var) = &self.client_secret_env {
+            return std::env::var(var).map(Secret::new).map_err(|_| {
+                ConfigError::Invalid(vec![format!("environment variable {var} is not set")])
+            });
+        }
+        if let Some(value) = &self.client_secret {
+            tracing::warn!(
+                tenant = %self.tenant_id,
+                "client secret is inline in the configuration file; prefer client_secret_file or client_secret_env"
+            );
+            return Ok(Secret::new(value.clone()));
+        }
+        Err(ConfigError::Invalid(vec![format!(
+            "tenant {}: no client secret configured",
+            self.tenant_id
+        )]))
+    }
+}
+
+/// Scheme, host and port of an `http(s)://` URL, or why it is not one.
+pub fn url_parts(url: &str) -> Result<(String, String, u16), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url} is not a URL ({e})"))?;
+    let scheme = uri.scheme_str().unwrap_or_default().to_owned();
+    let port = match scheme.as_str() {
+        "https" => uri.port_u16().unwrap_or(443),
+        "http" => uri.port_u16().unwrap_or(80),
+        _ => return Err(format!("{url} must start with https:// or http://")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url} has no host"))?
+        .to_owned();
+    Ok((scheme, host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(users: &Path) -> String {
+        format!(
+            r#"
+[listen]
+address = "127.0.0.1:8080"
+[auth]
+users_file = "{}"
+[upstream]
+ews_url = "https://outlook.office365.com/EWS/Exchange.asmx"
+[[tenant]]
+tenant_id = "contoso.example"
+client_id = "11111111-2222-4333-8444-555555555555"
+client_secret = "x"
+"#,
+            users.display()
+        )
+    }
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let c = Config::parse(&minimal(users.path()), "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tenants[0].scope, "https://outlook.office365.com/.default");
+        assert_eq!(c.limits.max_envelope_head_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let text = minimal(users.path()).replace("[auth]", "[auth]\nrelm = \"x\"");
+        let err = Config::parse(&text, "t").unwrap_err();
+        assert!(err.to_string().contains("relm"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[listen]
+address = "0.0.0.0:8080"
+[auth]
+users_file = "/nonexistent/users.toml"
+[upstream]
+ews_url = "ftp://x"
+[[tenant]]
+tenant_id = "a"
+client_id = ""
+scope = "https://outlook.office365.com"
+"#;
+        let c = Config::parse(text, "t").unwrap();
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        for needle in ["clear text", "users_file", "ews_url", "client_id is empty", "exactly one of", "/.default"] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+    }
+
+    #[test]
+    fn secret_debug_does_not_reveal() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2".into())), "Secret(..)");
+    }
+}

@@ -1,0 +1,386 @@
+//! The request path: authenticate -> authorise -> (token -> rewrite -> forward, in the upstream)
+//! -> respond -> audit.
+//!
+//! Each phase is a plain function. Nothing reaches the upstream before the caller is
+//! authenticated and the mailbox decided; every refusal becomes an answer through
+//! [`GatewayError::into_response`], the one place errors are mapped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use tokio::time::Instant;
+
+use crate::auth::{CredentialStore, Principal, parse_basic};
+use crate::error::GatewayError;
+use crate::http_util::{self, Body, ConnInfo};
+use crate::policy;
+use crate::rewrite::{PrefixScanner, RewriteLimits, ScannedHead};
+use crate::soap::{self, ConnectingSid, ConnectingSidKind};
+use crate::token::TokenSource;
+use crate::upstream::{DocumentCall, EwsCall, Upstream, forwardable_request_headers};
+
+/// Largest unauthenticated body the gateway reads and discards to keep the connection usable.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Everything the request path needs; shared by all connections.
+pub struct Gateway<U> {
+    /// Realm of the Basic challenge.
+    pub realm: String,
+    /// Users and their policy; swapped whole on reload.
+    pub users: ArcSwap<CredentialStore>,
+    /// Tokens per tenant.
+    pub tokens: TokenSource,
+    /// The backend.
+    pub upstream: U,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Largest envelope head.
+    pub max_envelope_head_bytes: usize,
+}
+
+/// What the gateway served, for the audit line.
+#[derive(Debug, Default)]
+struct Audit {
+    principal: Option<String>,
+    mailbox: Option<String>,
+    tenant: Option<String>,
+    operation: Option<String>,
+    upstream_request_id: Option<String>,
+    outcome: &'static str,
+}
+
+/// Which local resource a request path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/EWS/Exchange.asmx`.
+    Ews,
+    /// `/EWS/Services.wsdl`, `/EWS/messages.xsd`, `/EWS/types.xsd`.
+    Document(&'static str),
+}
+
+/// Matches a request path against the allow-list (case-insensitive, exact; no dot segments,
+/// percent-encoding, empty segments or parameters).
+pub fn route(path: &str) -> Option<Route> {
+    const DOCS: [&str; 3] = ["/EWS/Services.wsdl", "/EWS/messages.xsd", "/EWS/types.xsd"];
+    if path.eq_ignore_ascii_case("/EWS/Exchange.asmx") {
+        return Some(Route::Ews);
+    }
+    DOCS.iter()
+        .find(|d| path.eq_ignore_ascii_case(d))
+        .map(|d| Route::Document(d))
+}
+
+/// Entry point for every inbound request.
+pub async fn handle<U: Upstream>(
+    gw: Arc<Gateway<U>>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let client_request_id = req
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut audit = Audit::default();
+    let result = match (route(req.uri().path()), &method) {
+        (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, &mut audit).await,
+        (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, &mut audit).await,
+        (Some(Route::Document(path)), &Method::GET) => document_get(&gw, req, path, &mut audit).await,
+        (Some(Route::Ews), _) => Err(GatewayError::MethodNotAllowed { allow: "POST, GET" }),
+        (Some(Route::Document(_)), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+        (None, _) => Err(GatewayError::NotFound),
+    };
+    let response = match result {
+        Ok(resp) => {
+            audit.outcome = "forwarded";
+            resp
+        }
+        Err(err) => {
+            audit.outcome = err.kind();
+            err.into_response(&gw.realm)
+        }
+    };
+    tracing::info!(
+        target: "audit",
+        peer = %conn.peer,
+        method = %method,
+        principal = audit.principal.as_deref().unwrap_or("-"),
+        mailbox = audit.mailbox.as_deref().unwrap_or("-"),
+        tenant = audit.tenant.as_deref().unwrap_or("-"),
+        operation = audit.operation.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        outcome = audit.outcome,
+        duration_ms = started.elapsed().as_millis() as u64,
+        client_request_id = client_request_id.as_deref().unwrap_or("-"),
+        upstream_request_id = audit.upstream_request_id.as_deref().unwrap_or("-"),
+        "request"
+    );
+    response
+}
+
+/// Phase 1: who is calling. No credentials, malformed ones and wrong ones all give the same
+/// challenge; the body is not read.
+pub async fn authenticate(
+    users: &CredentialStore,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, GatewayError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(GatewayError::Unauthenticated);
+    };
+    let creds = parse_basic(value.as_bytes()).map_err(|err| {
+        tracing::debug!(reason = %err, "malformed Basic credentials");
+        GatewayError::Unauthenticated
+    })?;
+    users.verify(&creds).await.map_err(|err| {
+        tracing::info!(reason = %err, "authentication failed");
+        GatewayError::Unauthenticated
+    })
+}
+
+/// Reads a small unauthenticated body so the connection can be reused (DavMail sends every call
+/// unauthenticated first); a large one or one behind `Expect: 100-continue` is left unread and
+/// the connection closed instead.
+async fn challenge(req: Request<Incoming>, realm: &str) -> Response<Body> {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let small = req.body().size_hint().upper().is_some_and(|n| n <= DRAIN_LIMIT);
+    let mut resp = GatewayError::Unauthenticated.into_response(realm);
+    if small && !expects_continue {
+        let drained = tokio::time::timeout(Duration::from_secs(5), req.into_body().collect()).await;
+        if matches!(drained, Ok(Ok(_))) {
+            return resp;
+        }
+    }
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+async fn ews_post<U: Upstream>(
+    gw: &Gateway<U>,
+    req: Request<Incoming>,
+    audit: &mut Audit,
+) -> Result<Response<Body>, GatewayError> {
+    let users = gw.users.load_full();
+    let principal = match authenticate(&users, req.headers()).await {
+        Ok(p) => p,
+        Err(_) => return Ok(challenge(req, &gw.realm).await),
+    };
+    audit.principal = Some(principal.name.clone());
+    let (parts, body) = req.into_parts();
+    let client_content_length = body.size_hint().exact();
+    if let Some(len) = client_content_length
+        && len > gw.max_body_bytes
+    {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: gw.max_body_bytes,
+        });
+    }
+
+    let (head, rest, consumed) = scan_head(body, gw.max_envelope_head_bytes, gw.max_body_bytes).await?;
+    audit.operation = head.info().operation.clone();
+
+    // Phase 2: authorise, before any byte goes upstream.
+    let act_as = authorise(&principal, &head)?;
+    audit.mailbox = Some(act_as.value.clone());
+    let anchor = choose_anchor(&principal, &parts.headers, &act_as.value);
+    let tenant = gw.tokens.for_mailbox(&act_as.value).ok_or_else(|| GatewayError::Refused {
+        code: "ErrorNonExistentMailbox",
+        message: format!(
+            "No Entra tenant is configured for the domain of {}; add it to a [[tenant]] domains list.",
+            act_as.value
+        ),
+    })?;
+    audit.tenant = Some(tenant.tenant_id.clone());
+    let mut headers = forwardable_request_headers(&parts.headers);
+    if let Some(pf) = parts.headers.get("x-publicfoldermailbox")
+        && pf.to_str().is_ok_and(|v| policy::may_act_as(&principal, v))
+    {
+        headers.insert("x-publicfoldermailbox", pf.clone());
+    }
+    let call = EwsCall {
+        principal,
+        act_as,
+        tenant: Arc::clone(tenant),
+        head,
+        rest,
+        client_content_length,
+        consumed,
+        headers,
+        anchor,
+    };
+    let answer = gw.upstream.call(call).await?;
+    audit.upstream_request_id = answer.upstream_request_id;
+    Ok(answer.response)
+}
+
+/// Reads the body until the envelope head is complete; returns the head, the unread rest (None
+/// when the body ended) and how many bytes were consumed.
+async fn scan_head(
+    mut body: Incoming,
+    max_head: usize,
+    max_body: u64,
+) -> Result<(ScannedHead, Option<Body>, u64), GatewayError> {
+    let mut scanner = PrefixScanner::new(RewriteLimits {
+        max_prefix_bytes: max_head,
+    });
+    let mut consumed: u64 = 0;
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                consumed += data.len() as u64;
+                if consumed > max_body {
+                    return Err(GatewayError::PayloadTooLarge { limit: max_body });
+                }
+                if let Some(head) = scanner.push(&data).map_err(refused)? {
+                    let rest = if body.is_end_stream() {
+                        None
+                    } else {
+                        Some(body.map_err(|e| -> http_util::BoxError { Box::new(e) }).boxed())
+                    };
+                    return Ok((head, rest, consumed));
+                }
+            }
+            Some(Err(err)) => {
+                return Err(GatewayError::Refused {
+                    code: "ErrorInvalidRequest",
+                    message: format!("The request body could not be read: {err}."),
+                });
+            }
+            None => {
+                let head = scanner.finish().map_err(refused)?;
+                return Ok((head, None, consumed));
+            }
+        }
+    }
+}
+
+fn refused(err: crate::rewrite::RewriteError) -> GatewayError {
+    GatewayError::Refused {
+        code: err.code(),
+        message: err.to_string(),
+    }
+}
+
+/// Phase 2: the mailbox this call acts as, from the principal's policy and the client's own
+/// impersonation header, if any.
+pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<ConnectingSid, GatewayError> {
+    let info = head.info();
+    if info.operation.is_none() {
+        return Err(GatewayError::Refused {
+            code: "ErrorInvalidRequest",
+            message: "The request is invalid: the SOAP Body names no EWS operation.".to_owned(),
+        });
+    }
+    let requested = info.client_impersonation.as_ref();
+    let decision = policy::decide_mailbox(principal, requested).map_err(|err| GatewayError::Refused {
+        code: err.code(),
+        message: err.to_string(),
+    })?;
+    Ok(match requested {
+        // Keep the client's form (it may have sent PrimarySmtpAddress); the value was authorised.
+        Some(sid) if decision.via_client_header => sid.clone(),
+        _ => ConnectingSid {
+            kind: ConnectingSidKind::SmtpAddress,
+            value: decision.mailbox,
+        },
+    })
+}
+
+/// The `X-AnchorMailbox` to send: the acted-as mailbox, or the client's group anchor for
+/// streaming affinity when the principal may act as it.
+fn choose_anchor(principal: &Principal, headers: &HeaderMap, mailbox: &str) -> String {
+    let affinity = headers
+        .get("x-preferserveraffinity")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    if affinity
+        && let Some(anchor) = headers.get("x-anchormailbox").and_then(|v| v.to_str().ok())
+        && policy::may_act_as(principal, anchor)
+    {
+        return anchor.to_owned();
+    }
+    mailbox.to_owned()
+}
+
+/// `GET /EWS/Exchange.asmx`: DavMail probes it on every IMAP connection and needs 200 or 401.
+/// Answered locally; nothing goes upstream.
+async fn ews_get<U: Upstream>(
+    gw: &Gateway<U>,
+    req: Request<Incoming>,
+    audit: &mut Audit,
+) -> Result<Response<Body>, GatewayError> {
+    let users = gw.users.load_full();
+    let principal = authenticate(&users, req.headers()).await?;
+    audit.principal = Some(principal.name.clone());
+    let mut resp = Response::new(http_util::full(
+        "ews-gateway: EWS is served here; send SOAP requests with POST.\n",
+    ));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+async fn document_get<U: Upstream>(
+    gw: &Gateway<U>,
+    req: Request<Incoming>,
+    path: &'static str,
+    audit: &mut Audit,
+) -> Result<Response<Body>, GatewayError> {
+    let users = gw.users.load_full();
+    let principal = authenticate(&users, req.headers()).await?;
+    audit.principal = Some(principal.name.clone());
+    let tenant = gw
+        .tokens
+        .for_mailbox(&principal.mailbox)
+        .ok_or(GatewayError::NotFound)?;
+    let answer = gw
+        .upstream
+        .document(DocumentCall {
+            path: path.to_owned(),
+            tenant: Arc::clone(tenant),
+            anchor: principal.mailbox.clone(),
+            headers: forwardable_request_headers(req.headers()),
+        })
+        .await?;
+    audit.upstream_request_id = answer.upstream_request_id;
+    Ok(answer.response)
+}
+
+/// Content type of SOAP answers, re-exported for tests.
+pub const SOAP_CONTENT_TYPE: &str = soap::CONTENT_TYPE_XML;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_allow_list_is_exact_and_case_insensitive() {
+        assert_eq!(route("/EWS/Exchange.asmx"), Some(Route::Ews));
+        assert_eq!(route("/ews/exchange.asmx"), Some(Route::Ews));
+        assert_eq!(route("/EWS/Services.wsdl"), Some(Route::Document("/EWS/Services.wsdl")));
+        for bad in [
+            "/EWS/../owa",
+            "/EWS//Exchange.asmx",
+            "/EWS/Exchange.asmx;x",
+            "/EWS/Exchange%2Easmx",
+            "/EWS/Exchange.asmx/",
+            "/owa/",
+            "/EWS/mrsproxy.svc",
+            "/",
+        ] {
+            assert_eq!(route(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! App-only access tokens from Microsoft Entra ID (client-credentials grant), per tenant.
+//!
+//! Owns the token lifecycle: one cached token per tenant, refreshed in the background when it
+//! nears expiry (a request never waits on Entra while a valid token exists), at most one token
+//! request in flight per tenant (concurrent misses share it), failures remembered with an
+//! exponential back-off so an Entra outage is not hammered, and invalidation when Exchange says a
+//! token is bad. Free of hyper types; the Entra client is reqwest over rustls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{Secret, TenantConfig};
+use crate::error::{GatewayError, Side};
+
+/// Why a token could not be obtained.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The token endpoint could not be reached (DNS, connect, TLS, timeout).
+    #[error("the token endpoint {url} could not be reached ({reason})")]
+    Unreachable {
+        /// Token endpoint URL.
+        url: String,
+        /// Transport error text.
+        reason: String,
+    },
+    /// The token endpoint answered with a server error or throttling.
+    #[error("the token endpoint answered HTTP {status}")]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+    },
+    /// Entra refused the request: the gateway's app, secret or tenant is wrong.
+    #[error("Entra refused the token request: {error} (AADSTS{code}): {description}")]
+    Rejected {
+        /// OAuth error, e.g. `invalid_client`.
+        error: String,
+        /// First AADSTS code.
+        code: u64,
+        /// First line of `error_description`.
+        description: String,
+    },
+    /// The answer was not a token response.
+    #[error("the token endpoint sent an unreadable answer ({0})")]
+    BadResponse(String),
+    /// A recent failure is still in its back-off window.
+    #[error("{last} (retrying in {retry_in:?})")]
+    BackingOff {
+        /// The failure that started the back-off.
+        last: Box<TokenError>,
+        /// Time until the next attempt.
+        retry_in: Duration,
+    },
+}
+
+impl TokenError {
+    fn is_permanent(&self) -> bool {
+        match self {
+            Self::Rejected { .. } => true,
+            Self::BackingOff { last, .. } => last.is_permanent(),
+            _ => false,
+        }
+    }
+}
+
+impl From<TokenError> for GatewayError {
+    fn from(err: TokenError) -> Self {
+        if err.is_permanent() {
+            GatewayError::Misconfigured {
+                side: Side::Entra,
+                message: format!("{err}. An administrator must fix the gateway's app registration or credentials."),
+            }
+        } else {
+            let retry_after = match &err {
+                TokenError::BackingOff { retry_in, .. } => (*retry_in).max(Duration::from_secs(1)),
+                _ => Duration::from_secs(5),
+            };
+            GatewayError::Unavailable {
+                side: Side::Entra,
+                message: err.to_string(),
+                retry_after,
+            }
+        }
+    }
+}
+
+/// An access token and when it stops being usable.
+#[derive(Clone)]
+pub struct AccessToken {
+    value: Arc<str>,
+    /// When Entra said it expires.
+    pub expires_at: Instant,
+    /// When it was obtained.
+    pub obtained_at: Instant,
+}
+
+impl AccessToken {
+    /// The bearer value; only the forwarding code should call this.
+    pub fn bearer(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Failure {
+    error: TokenError,
+    until: Instant,
+    streak: u32,
+}
+
+/// Token state for one tenant.
+pub struct TenantTokens {
+    /// Tenant id or domain, as configured.
+    pub tenant_id: String,
+    client_id: String,
+    secret: Secret,
+    scope: String,
+    token_url: String,
+    refresh_margin: Duration,
+    http: reqwest::Client,
+    current: ArcSwapOption<AccessToken>,
+    refresh: Arc<Mutex<Option<Failure>>>,
+    acquisitions: AtomicU64,
+}
+
+impl std::fmt::Debug for TenantTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTokens")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: NumberOrString,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrString {
+    Number(u64),
+    String(String),
+}
+
+/// Builds the HTTP client for a token endpoint: rustls, platform roots plus an optional CA file.
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+impl TenantTokens {
+    /// Token state for a configured tenant with its resolved secret.
+    pub fn new(config: &TenantConfig, secret: Secret, http: reqwest::Client) -> Self {
+        let authority = config.authority.trim_end_matches('/');
+        Self {
+            tenant_id: config.tenant_id.clone(),
+            client_id: config.client_id.clone(),
+            secret,
+            scope: config.scope.clone(),
+            token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
+            refresh_margin: Duration::from_secs(config.refresh_before_expiry_seconds),
+            http,
+            current: ArcSwapOption::empty(),
+            refresh: Arc::new(Mutex::new(None)),
+            acquisitions: AtomicU64::new(0),
+        }
+    }
+
+    /// How many token requests were sent to Entra so far.
+    pub fn acquisitions(&self) -> u64 {
+        self.acquisitions.load(Ordering::Relaxed)
+    }
+
+    /// The current token if it is still valid, without ever contacting Entra.
+    pub fn cached(&self) -> Option<Arc<AccessToken>> {
+        self.current
+            .load_full()
+            .filter(|t| Instant::now() < t.expires_at)
+    }
+
+    /// A valid token: the cached one, or a new one when there is none.
+    ///
+    /// A token inside its refresh margin is still returned at once while a background task
+    /// replaces it.
+    pub async fn get(self: &Arc<Self>) -> Result<Arc<AccessToken>, TokenError> {
+        let now = Instant::now();
+        if let Some(token) = self.current.load_full() {
+            if now + self.refresh_margin < token.expires_at {
+                return Ok(token);
+            }
+            if now < token.expires_at {
+                self.refresh_in_background();
+                return Ok(token);
+            }
+        }
+        let mut failure = self.refresh.lock().await;
+        // Someone else may have refreshed while this request waited for the lock.
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        self.acquire_locked(&mut failure).await
+    }
+
+    /// Drops `token` if it is still the current one (Exchange said it is bad).
+    pub fn invalidate(&self, token: &Arc<AccessToken>) {
+        let current = self.current.load();
+        if let Some(cur) = current.as_ref()
+            && Arc::ptr_eq(cur, token)
+        {
+            self.current.store(None);
+        }
+    }
+
+    fn refresh_in_background(self: &Arc<Self>) {
+        let Ok(mut failure) = Arc::clone(&self.refresh).try_lock_owned() else {
+            return; // a refresh is already running
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(err) = this.acquire_locked(&mut failure).await {
+                tracing::warn!(tenant = %this.tenant_id, error = %err, "background token refresh failed; the current token keeps serving until it expires");
+            }
+        });
+    }
+
+    async fn acquire_locked(
+        &self,
+        failure: &mut Option<Failure>,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let now = Instant::now();
+        if let Some(f) = failure.as_ref()
+            && now < f.until
+        {
+            return Err(TokenError::BackingOff {
+                last: Box::new(f.error.clone()),
+                retry_in: f.until - now,
+            });
+        }
+        match self.fetch().await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                self.current.store(Some(Arc::clone(&token)));
+                *failure = None;
+                tracing::info!(tenant = %self.tenant_id, expires_in = ?token.expires_at.saturating_duration_since(Instant::now()), "obtained access token");
+                Ok(token)
+            }
+            Err(error) => {
+                let streak = failure.as_ref().map_or(0, |f| f.streak) + 1;
+                let backoff = backoff_for(streak);
+                tracing::warn!(tenant = %self.tenant_id, error = %error, backoff = ?backoff, "token request failed");
+                *failure = Some(Failure {
+                    error: error.clone(),
+                    until: Instant::now() + backoff,
+                    streak,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<AccessToken, TokenError> {
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.expose()),
+            ("scope", self.scope.as_str()),
+        ];
+        let resp = self
+            .http
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unreachable {
+                url: self.token_url.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| TokenError::Unreachable {
+            url: self.token_url.clone(),
+            reason: error_chain(&e),
+        })?;
+        if status.is_success() {
+            let parsed: TokenResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| TokenError::BadResponse(e.to_string()))?;
+            let expires_in = match parsed.expires_in {
+                NumberOrString::Number(n) => n,
+                NumberOrString::String(s) => s
+                    .parse()
+                    .map_err(|_| TokenError::BadResponse("expires_in is not a number".into()))?,
+            };
+            return Ok(AccessToken {
+                value: Arc::from(parsed.access_token),
+                expires_at: started + Duration::from_secs(expires_in),
+                obtained_at: started,
+            });
+        }
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(TokenError::Unavailable {
+                status: status.as_u16(),
+            });
+        }
+        let parsed: ErrorResponse = serde_json::from_slice(&bytes).map_err(|_| {
+            TokenError::BadResponse(format!("HTTP {} without an OAuth error body", status.as_u16()))
+        })?;
+        let description = parsed
+            .error_description
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Err(TokenError::Rejected {
+            error: parsed.error,
+            code: parsed.error_codes.first().copied().unwrap_or_default(),
+            description,
+        })
+    }
+}
+
+fn backoff_for(streak: u32) -> Duration {
+    // 1 s, 2 s, 4 s ... capped at 30 s: quick recovery, no hammering during an outage.
+    let secs = 1u64 << streak.saturating_sub(1).min(5);
+    Duration::from_secs(secs.min(30))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// All tenants' token state, and which tenant serves which mailbox.
+#[derive(Debug)]
+pub struct TokenSource {
+    tenants: Vec<(Vec<String>, Arc<TenantTokens>)>,
+}
+
+impl TokenSource {
+    /// One entry per configured tenant, with the domains it serves.
+    pub fn new(tenants: Vec<(Vec<String>, Arc<TenantTokens>)>) -> Self {
+        Self { tenants }
+    }
+
+    /// The tenant serving `mailbox`: the one listing its domain, or the only tenant.
+    pub fn for_mailbox(&self, mailbox: &str) -> Option<&Arc<TenantTokens>> {
+        let domain = mailbox.rsplit_once('@').map(|(_, d)| d)?;
+        if let Some((_, t)) = self
+            .tenants
+            .iter()
+            .find(|(domains, _)| domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+        {
+            return Some(t);
+        }
+        match self.tenants.as_slice() {
+            [(domains, only)] if domains.is_empty() => Some(only),
+            _ => None,
+        }
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantTokens>> {
+        self.tenants.iter().map(|(_, t)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_for(1), Duration::from_secs(1));
+        assert_eq!(backoff_for(2), Duration::from_secs(2));
+        assert_eq!(backoff_for(5), Duration::from_secs(16));
+        assert_eq!(backoff_for(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rejected_is_misconfiguration_and_outage_is_busy() {
+        let rejected = TokenError::Rejected {
+            error: "invalid_client".into(),
+            code: 7000215,
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+        };
+        let g: GatewayError = rejected.into();
+        assert_eq!(g.fault_code(), Some("ErrorInternalServerError"));
+        assert!(g.to_string().contains("AADSTS7000215"));
+        let g: GatewayError = TokenError::Unavailable { status: 503 }.into();
+        assert_eq!(g.fault_code(), Some("ErrorServerBusy"));
+    }
+
+    fn source(domains: &[&[&str]]) -> TokenSource {
+        let http = reqwest::Client::new();
+        TokenSource::new(
+            domains
+                .iter()
+                .enumerate()
+                .map(|(i, ds)| {
+                    let cfg: TenantConfig = toml::from_str(&format!(
+                        "tenant_id = \"t{i}\"\nclient_id = \"c\"\nclient_secret = \"s\""
+                    ))
+                    .unwrap();
+                    (
+                        ds.iter().map(|d| d.to_string()).collect(),
+                        Arc::new(TenantTokens::new(&cfg, Secret::new("s".into()), http.clone())),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn mailbox_domain_selects_the_tenant() {
+        let s = source(&[&["contoso.example"], &["fabrikam.example"]]);
+        assert_eq!(s.for_mailbox("a@Fabrikam.example").unwrap().tenant_id, "t1");
+        assert_eq!(s.for_mailbox("a@contoso.example").unwrap().tenant_id, "t0");
+        assert!(s.for_mailbox("a@other.example").is_none());
+        let single = source(&[&[]]);
+        assert_eq!(single.for_mailbox("a@any.example").unwrap().tenant_id, "t0");
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared helpers for the integration tests: start the demo (simulator + gateway) on loopback
+//! and talk SOAP to it.
+#![allow(dead_code)]
+
+use ews_gateway::demo::{self, Demo};
+use ews_gateway::sim::SimConfig;
+
+pub const SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+pub const M: &str = "http://schemas.microsoft.com/exchange/services/2006/messages";
+pub const T: &str = "http://schemas.microsoft.com/exchange/services/2006/types";
+
+pub async fn start_demo() -> Demo {
+    start_demo_with(SimConfig::builtin().unwrap()).await
+}
+
+pub async fn start_demo_with(config: SimConfig) -> Demo {
+    ews_gateway::tls::install_crypto_provider();
+    demo::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// An envelope with the given header content and body content.
+pub fn envelope(header: Option<&str>, body: &str) -> String {
+    let header = match header {
+        Some(h) => format!("<s:Header>{h}</s:Header>"),
+        None => String::new(),
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<s:Envelope xmlns:s=\"{SOAP}\" xmlns:m=\"{M}\" xmlns:t=\"{T}\">{header}<s:Body>{body}</s:Body></s:Envelope>"
+    )
+}
+
+pub fn version_header() -> &'static str {
+    "<t:RequestServerVersion Version=\"Exchange2016\"/>"
+}
+
+pub fn impersonation(kind: &str, value: &str) -> String {
+    format!("<t:ExchangeImpersonation><t:ConnectingSID><t:{kind}>{value}</t:{kind}></t:ConnectingSID></t:ExchangeImpersonation>")
+}
+
+pub fn find_inbox() -> &'static str {
+    "<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id=\"inbox\"/></m:ParentFolderIds></m:FindItem>"
+}
+
+pub fn find_inbox_of(mailbox: &str) -> String {
+    format!("<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id=\"inbox\"><t:Mailbox><t:EmailAddress>{mailbox}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>")
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+pub async fn post(url: &str, user: Option<(&str, &str)>, body: String) -> Reply {
+    let mut req = client()
+        .post(url)
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(body);
+    if let Some((u, p)) = user {
+        req = req.basic_auth(u, Some(p));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap();
+    Reply { status, headers, body }
+}
+
+pub const ALICE: (&str, &str) = ("alice@contoso.example", "alice-demo-pass");
+pub const BOB: (&str, &str) = ("bob@contoso.example", "bob-demo-pass");
+pub const ARCHIVER: (&str, &str) = ("archiver@contoso.example", "archiver-demo-pass");
