@@ -262,7 +262,10 @@ impl Config {
             }
             _ => {}
         }
-        for (key, path) in [("listen.tls_cert", &l.tls_cert), ("listen.tls_key", &l.tls_key)] {
+        for (key, path) in [
+            ("listen.tls_cert", &l.tls_cert),
+            ("listen.tls_key", &l.tls_key),
+        ] {
             if let Some(p) = path
                 && !p.is_file()
             {
@@ -285,7 +288,10 @@ impl Config {
         if let Some(p) = &self.upstream.ca_file
             && !p.is_file()
         {
-            problems.push(format!("upstream.ca_file: {} is not a readable file", p.display()));
+            problems.push(format!(
+                "upstream.ca_file: {} is not a readable file",
+                p.display()
+            ));
         }
         if self.tenants.is_empty() {
             problems.push("tenant: at least one [[tenant]] is required".to_owned());
@@ -316,7 +322,10 @@ impl Config {
             if let Some(p) = &t.client_secret_file
                 && !p.is_file()
             {
-                problems.push(format!("{at}: client_secret_file {} is not a readable file", p.display()));
+                problems.push(format!(
+                    "{at}: client_secret_file {} is not a readable file",
+                    p.display()
+                ));
             }
             if let Some(var) = &t.client_secret_env
                 && std::env::var_os(var).is_none()
@@ -385,7 +394,9 @@ impl TenantConfig {
 
 /// Scheme, host and port of an `http(s)://` URL, or why it is not one.
 pub fn url_parts(url: &str) -> Result<(String, String, u16), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url} is not a URL ({e})"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url} is not a URL ({e})"))?;
     let scheme = uri.scheme_str().unwrap_or_default().to_owned();
     let port = match scheme.as_str() {
         "https" => uri.port_u16().unwrap_or(443),
@@ -457,7 +468,14 @@ scope = "https://outlook.office365.com"
             panic!("expected Invalid");
         };
         let all = problems.join("\n");
-        for needle in ["clear text", "users_file", "ews_url", "client_id is empty", "exactly one of", "/.default"] {
+        for needle in [
+            "clear text",
+            "users_file",
+            "ews_url",
+            "client_id is empty",
+            "exactly one of",
+            "/.default",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
     }

@@ -129,8 +129,13 @@ impl GatewayError {
             } => {
                 let backoff = retry_after.as_millis().to_string();
                 let text = format!("{} {message}", side_prefix(side));
-                let mut resp = fault("ErrorServerBusy", &text, &[("BackOffMilliseconds", &backoff)]);
-                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                let mut resp = fault(
+                    "ErrorServerBusy",
+                    &text,
+                    &[("BackOffMilliseconds", &backoff)],
+                );
+                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+                {
                     resp.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 resp
@@ -162,7 +167,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 fn fault(code: &str, message: &str, message_xml: &[(&str, &str)]) -> Response<Body> {
-    let mut resp = Response::new(http_util::full(soap::fault_envelope(code, message, message_xml)));
+    let mut resp = Response::new(http_util::full(soap::fault_envelope(
+        code,
+        message,
+        message_xml,
+    )));
     *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -200,7 +209,10 @@ mod tests {
         }
         .into_response("ews");
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/xml; charset=utf-8");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/xml; charset=utf-8"
+        );
         let text = body_text(resp).await;
         assert!(text.contains("a:ErrorImpersonateUserDenied"));
         assert!(text.contains("alice may not act as bob"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,16 +24,20 @@ use tokio_util::task::TaskTracker;
 /// Boxed error used in streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type of both servers: buffered or streamed, boxed.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// What a handler knows about the connection a request came in on.
@@ -119,11 +123,9 @@ pub async fn serve<H, F>(
                 .keep_alive(true);
             match tls {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        options.header_read_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await;
+                    let handshake =
+                        tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream))
+                            .await;
                     let Ok(Ok(tls_stream)) = handshake else {
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;

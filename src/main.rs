@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use ews_gateway::sim;
 
 #[derive(Debug, Parser)]
-#[command(name = "ews-gateway", version, about = "Basic-auth EWS in, app-only OAuth out")]
+#[command(
+    name = "ews-gateway",
+    version,
+    about = "Basic-auth EWS in, app-only OAuth out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,10 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
     println!("ews-gateway demo: the gateway is listening in front of a simulated Exchange Online.");
     println!();
     println!("  EWS URL (give this to legacy clients)  {url}");
-    println!("  simulated Exchange Online              {}", demo.sim.base_url());
+    println!(
+        "  simulated Exchange Online              {}",
+        demo.sim.base_url()
+    );
     println!();
     println!("Demo users (Basic auth):");
     for user in ews_gateway::demo::DEMO_USERS {
@@ -139,9 +146,15 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
     println!("  python3 - <<'EOF'");
     println!("from exchangelib import Account, Configuration, Credentials, DELEGATE");
     println!("from exchangelib.transport import BASIC");
-    println!("cfg = Configuration(service_endpoint='{url}', credentials=Credentials('alice@contoso.example', 'alice-demo-pass'), auth_type=BASIC)");
-    println!("a = Account('alice@contoso.example', config=cfg, autodiscover=False, access_type=DELEGATE)");
-    println!("for m in a.inbox.all().order_by('-datetime_received')[:10]: print(m.datetime_received, m.subject)");
+    println!(
+        "cfg = Configuration(service_endpoint='{url}', credentials=Credentials('alice@contoso.example', 'alice-demo-pass'), auth_type=BASIC)"
+    );
+    println!(
+        "a = Account('alice@contoso.example', config=cfg, autodiscover=False, access_type=DELEGATE)"
+    );
+    println!(
+        "for m in a.inbox.all().order_by('-datetime_received')[:10]: print(m.datetime_received, m.subject)"
+    );
     println!("EOF");
     println!();
     println!("Press Ctrl-C to stop.");
@@ -202,12 +215,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
 }
 
 fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
-    let directory = handle
-        .state
-        .directory
-        .read()
-        .map(|d| d.clone())
-        .ok();
+    let directory = handle.state.directory.read().map(|d| d.clone()).ok();
     let (tenant_id, client_id, client_secret) = directory
         .as_ref()
         .and_then(|d| d.tenants.first())
@@ -230,15 +238,25 @@ fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
 }
 
 #[allow(clippy::print_stdout)]
-fn print_sim_human(handle: &sim::SimHandle, summary: &serde_json::Value, ca_out: Option<&std::path::Path>) {
+fn print_sim_human(
+    handle: &sim::SimHandle,
+    summary: &serde_json::Value,
+    ca_out: Option<&std::path::Path>,
+) {
     let s = |k: &str| summary[k].as_str().unwrap_or_default().to_owned();
-    println!("Simulated Exchange Online is listening on {}", handle.base_url());
+    println!(
+        "Simulated Exchange Online is listening on {}",
+        handle.base_url()
+    );
     println!();
     println!("  token endpoint  {}", s("token_url"));
     println!("  EWS endpoint    {}", s("ews_url"));
     println!("  tenant id       {}", s("tenant_id"));
     println!("  client id       {}", s("client_id"));
-    println!("  client secret   {}   (a simulator credential, not a real one)", s("client_secret"));
+    println!(
+        "  client secret   {}   (a simulator credential, not a real one)",
+        s("client_secret")
+    );
     if let Some(path) = ca_out {
         println!("  CA certificate  {}", path.display());
     } else if handle.ca_pem.is_some() {

@@ -1,1 +1,193 @@
-//! Mailbox and operation policy: which mailbox a principal may act as.
+//! Mailbox policy: which mailbox a principal acts as on a given call.
+//!
+//! Deny by default: a principal acts as its own mailbox; acting as another needs an explicit
+//! `may_impersonate` grant in the users file. A client-sent `ExchangeImpersonation` is honoured
+//! only when policy allows the mailbox it names. Free of hyper types.
+
+use crate::auth::{Principal, is_address};
+use crate::soap::{ConnectingSid, ConnectingSidKind};
+
+/// The mailbox a call acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The mailbox address (as the client named it, or the principal's own).
+    pub mailbox: String,
+    /// Whether the client's own impersonation header named it.
+    pub via_client_header: bool,
+}
+
+/// Why a call may not act as the mailbox it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The principal may not act as the requested mailbox.
+    #[error(
+        "The account does not have permission to impersonate the requested user. ews-gateway: {principal} may not act as {requested}."
+    )]
+    ImpersonationDenied {
+        /// Who asked.
+        principal: String,
+        /// The mailbox asked for.
+        requested: String,
+    },
+    /// The impersonation names the mailbox in a form the gateway cannot authorise.
+    #[error(
+        "The account does not have permission to impersonate the requested user. ews-gateway authorises impersonation by SMTP address; {kind} {value:?} cannot be checked."
+    )]
+    UncheckableIdentity {
+        /// The ConnectingSID form.
+        kind: &'static str,
+        /// The value sent.
+        value: String,
+    },
+}
+
+impl PolicyError {
+    /// The EWS response code the client receives.
+    pub fn code(&self) -> &'static str {
+        "ErrorImpersonateUserDenied"
+    }
+}
+
+/// Whether `principal` may act as `address` (its own mailbox or a `may_impersonate` grant).
+pub fn may_act_as(principal: &Principal, address: &str) -> bool {
+    let address = address.trim();
+    principal.mailbox.eq_ignore_ascii_case(address)
+        || principal.may_impersonate.iter().any(|p| p.matches(address))
+}
+
+/// Decides the mailbox for a call, given the client's impersonation header if it sent one.
+pub fn decide_mailbox(
+    principal: &Principal,
+    requested: Option<&ConnectingSid>,
+) -> Result<Decision, PolicyError> {
+    let Some(sid) = requested else {
+        return Ok(Decision {
+            mailbox: principal.mailbox.clone(),
+            via_client_header: false,
+        });
+    };
+    let value = sid.value.trim();
+    let addressable = match sid.kind {
+        ConnectingSidKind::SmtpAddress | ConnectingSidKind::PrimarySmtpAddress => true,
+        ConnectingSidKind::PrincipalName => is_address(value),
+        ConnectingSidKind::Sid => false,
+    };
+    if !addressable || !is_address(value) {
+        return Err(PolicyError::UncheckableIdentity {
+            kind: sid.kind.element_name(),
+            value: value.to_owned(),
+        });
+    }
+    if may_act_as(principal, value) {
+        Ok(Decision {
+            mailbox: value.to_lowercase(),
+            via_client_header: true,
+        })
+    } else {
+        Err(PolicyError::ImpersonationDenied {
+            principal: principal.name.clone(),
+            requested: value.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::MailboxPattern;
+
+    fn principal(patterns: &[&str]) -> Principal {
+        Principal {
+            name: "svc@contoso.example".into(),
+            mailbox: "svc@contoso.example".into(),
+            may_impersonate: patterns
+                .iter()
+                .map(|p| MailboxPattern::parse(p).unwrap())
+                .collect(),
+        }
+    }
+
+    fn sid(kind: ConnectingSidKind, v: &str) -> ConnectingSid {
+        ConnectingSid {
+            kind,
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn own_mailbox_by_default() {
+        let d = decide_mailbox(&principal(&[]), None).unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                mailbox: "svc@contoso.example".into(),
+                via_client_header: false
+            }
+        );
+    }
+
+    #[test]
+    fn client_header_for_own_mailbox_is_allowed() {
+        let d = decide_mailbox(
+            &principal(&[]),
+            Some(&sid(
+                ConnectingSidKind::PrimarySmtpAddress,
+                "SVC@contoso.example",
+            )),
+        )
+        .unwrap();
+        assert!(d.via_client_header);
+    }
+
+    #[test]
+    fn grants_and_denials() {
+        let p = principal(&["*@contoso.example", "boss@fabrikam.example"]);
+        for ok in ["a@contoso.example", "boss@fabrikam.example"] {
+            assert!(
+                decide_mailbox(&p, Some(&sid(ConnectingSidKind::SmtpAddress, ok))).is_ok(),
+                "{ok}"
+            );
+        }
+        for denied in [
+            "a@contoso.example.evil",
+            "a@sub.contoso.example",
+            "x@fabrikam.example",
+        ] {
+            let err =
+                decide_mailbox(&p, Some(&sid(ConnectingSidKind::SmtpAddress, denied))).unwrap_err();
+            assert_eq!(err.code(), "ErrorImpersonateUserDenied");
+            assert!(err.to_string().contains(denied), "{err}");
+        }
+        let none = principal(&[]);
+        assert!(
+            decide_mailbox(
+                &none,
+                Some(&sid(ConnectingSidKind::SmtpAddress, "a@contoso.example"))
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sid_and_non_address_upn_are_refused() {
+        let p = principal(&["*@contoso.example"]);
+        assert!(matches!(
+            decide_mailbox(&p, Some(&sid(ConnectingSidKind::Sid, "S-1-5-21-1"))),
+            Err(PolicyError::UncheckableIdentity { .. })
+        ));
+        assert!(
+            decide_mailbox(
+                &p,
+                Some(&sid(ConnectingSidKind::PrincipalName, "a@contoso.example"))
+            )
+            .is_ok()
+        );
+        assert!(
+            decide_mailbox(
+                &p,
+                Some(&sid(ConnectingSidKind::PrincipalName, "CONTOSO\\a"))
+            )
+            .is_err()
+        );
+    }
+}

@@ -91,7 +91,9 @@ pub async fn handle<U: Upstream>(
     let result = match (route(req.uri().path()), &method) {
         (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, &mut audit).await,
         (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, &mut audit).await,
-        (Some(Route::Document(path)), &Method::GET) => document_get(&gw, req, path, &mut audit).await,
+        (Some(Route::Document(path)), &Method::GET) => {
+            document_get(&gw, req, path, &mut audit).await
+        }
         (Some(Route::Ews), _) => Err(GatewayError::MethodNotAllowed { allow: "POST, GET" }),
         (Some(Route::Document(_)), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
         (None, _) => Err(GatewayError::NotFound),
@@ -151,7 +153,11 @@ async fn challenge(req: Request<Incoming>, realm: &str) -> Response<Body> {
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let small = req.body().size_hint().upper().is_some_and(|n| n <= DRAIN_LIMIT);
+    let small = req
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= DRAIN_LIMIT);
     let mut resp = GatewayError::Unauthenticated.into_response(realm);
     if small && !expects_continue {
         let drained = tokio::time::timeout(Duration::from_secs(5), req.into_body().collect()).await;
@@ -185,7 +191,8 @@ async fn ews_post<U: Upstream>(
         });
     }
 
-    let (head, rest, consumed) = scan_head(body, gw.max_envelope_head_bytes, gw.max_body_bytes).await?;
+    let (head, rest, consumed) =
+        scan_head(body, gw.max_envelope_head_bytes, gw.max_body_bytes).await?;
     audit.operation = head.info().operation.clone();
 
     // Phase 2: authorise, before any byte goes upstream.
@@ -236,7 +243,9 @@ async fn scan_head(
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 consumed += data.len() as u64;
                 if consumed > max_body {
                     return Err(GatewayError::PayloadTooLarge { limit: max_body });
@@ -245,7 +254,10 @@ async fn scan_head(
                     let rest = if body.is_end_stream() {
                         None
                     } else {
-                        Some(body.map_err(|e| -> http_util::BoxError { Box::new(e) }).boxed())
+                        Some(
+                            body.map_err(|e| -> http_util::BoxError { Box::new(e) })
+                                .boxed_unsync(),
+                        )
                     };
                     return Ok((head, rest, consumed));
                 }
@@ -282,10 +294,11 @@ pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<Connecting
         });
     }
     let requested = info.client_impersonation.as_ref();
-    let decision = policy::decide_mailbox(principal, requested).map_err(|err| GatewayError::Refused {
-        code: err.code(),
-        message: err.to_string(),
-    })?;
+    let decision =
+        policy::decide_mailbox(principal, requested).map_err(|err| GatewayError::Refused {
+            code: err.code(),
+            message: err.to_string(),
+        })?;
     Ok(match requested {
         // Keep the client's form (it may have sent PrimarySmtpAddress); the value was authorised.
         Some(sid) if decision.via_client_header => sid.clone(),
@@ -369,7 +382,10 @@ mod tests {
     fn route_allow_list_is_exact_and_case_insensitive() {
         assert_eq!(route("/EWS/Exchange.asmx"), Some(Route::Ews));
         assert_eq!(route("/ews/exchange.asmx"), Some(Route::Ews));
-        assert_eq!(route("/EWS/Services.wsdl"), Some(Route::Document("/EWS/Services.wsdl")));
+        assert_eq!(
+            route("/EWS/Services.wsdl"),
+            Some(Route::Document("/EWS/Services.wsdl"))
+        );
         for bad in [
             "/EWS/../owa",
             "/EWS//Exchange.asmx",

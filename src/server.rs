@@ -133,9 +133,11 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
     for t in &config.tenants {
         let secret = t.resolve_secret()?;
         let ca = t.ca_file.as_deref().map(read).transpose()?;
-        let http = crate::token::http_client(ca.as_deref()).map_err(|message| StartError::TokenClient {
-            tenant: t.tenant_id.clone(),
-            message,
+        let http = crate::token::http_client(ca.as_deref()).map_err(|message| {
+            StartError::TokenClient {
+                tenant: t.tenant_id.clone(),
+                message,
+            }
         })?;
         tenants.push((
             t.domains.clone(),
@@ -160,7 +162,9 @@ pub async fn start(config: &Config) -> Result<GatewayHandle, StartError> {
         (Some(cert), Some(key)) => {
             let certs = crate::tls::certs_from_pem(&read(cert)?, &cert.display().to_string())?;
             let key = crate::tls::key_from_pem(&read(key)?, &key.display().to_string())?;
-            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs, key)?))
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                certs, key,
+            )?))
         }
         _ => None,
     };

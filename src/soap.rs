@@ -57,7 +57,11 @@ mod tests {
 
     #[test]
     fn fault_carries_code_message_and_escaped_values() {
-        let xml = fault_envelope("ErrorServerBusy", "a < b", &[("BackOffMilliseconds", "5000")]);
+        let xml = fault_envelope(
+            "ErrorServerBusy",
+            "a < b",
+            &[("BackOffMilliseconds", "5000")],
+        );
         assert!(xml.contains("<faultcode xmlns:a=\"http://schemas.microsoft.com/exchange/services/2006/types\">a:ErrorServerBusy</faultcode>"));
         assert!(xml.contains("<e:Message xmlns:e=\"http://schemas.microsoft.com/exchange/services/2006/errors\">a &lt; b</e:Message>"));
         assert!(xml.contains("<t:Value Name=\"BackOffMilliseconds\">5000</t:Value>"));

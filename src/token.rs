@@ -73,7 +73,9 @@ impl From<TokenError> for GatewayError {
         if err.is_permanent() {
             GatewayError::Misconfigured {
                 side: Side::Entra,
-                message: format!("{err}. An administrator must fix the gateway's app registration or credentials."),
+                message: format!(
+                    "{err}. An administrator must fix the gateway's app registration or credentials."
+                ),
             }
         } else {
             let retry_after = match &err {
@@ -337,7 +339,10 @@ impl TenantTokens {
             });
         }
         let parsed: ErrorResponse = serde_json::from_slice(&bytes).map_err(|_| {
-            TokenError::BadResponse(format!("HTTP {} without an OAuth error body", status.as_u16()))
+            TokenError::BadResponse(format!(
+                "HTTP {} without an OAuth error body",
+                status.as_u16()
+            ))
         })?;
         let description = parsed
             .error_description
@@ -443,7 +448,11 @@ mod tests {
                     .unwrap();
                     (
                         ds.iter().map(|d| d.to_string()).collect(),
-                        Arc::new(TenantTokens::new(&cfg, Secret::new("s".into()), http.clone())),
+                        Arc::new(TenantTokens::new(
+                            &cfg,
+                            Secret::new("s".into()),
+                            http.clone(),
+                        )),
                     )
                 })
                 .collect(),

@@ -220,7 +220,10 @@ impl EwsPassthrough {
         Uri::from_parts(parts).map_err(|_| GatewayError::NotFound)
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+    async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(err)) => Err(GatewayError::Unavailable {
@@ -267,9 +270,11 @@ impl EwsPassthrough {
         };
         h.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {bearer}")).map_err(|_| GatewayError::Misconfigured {
-                side: Side::Entra,
-                message: "the access token is not a valid header value".to_owned(),
+            HeaderValue::from_str(&format!("Bearer {bearer}")).map_err(|_| {
+                GatewayError::Misconfigured {
+                    side: Side::Entra,
+                    message: "the access token is not a valid header value".to_owned(),
+                }
             })?,
         );
         h.insert(
@@ -296,7 +301,7 @@ impl EwsPassthrough {
             .map(str::to_owned);
         let (mut parts, body) = resp.into_parts();
         filter_response_headers(&mut parts.headers);
-        let body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        let body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
         UpstreamResponse {
             response: Response::from_parts(parts, body),
             upstream_request_id,
@@ -430,7 +435,7 @@ fn limited_body(prefix: Bytes, rest: Option<Body>, limit: u64) -> Body {
         }
         Ok(Frame::data(chunk))
     });
-    BodyExt::boxed(StreamBody::new(frames))
+    BodyExt::boxed_unsync(StreamBody::new(frames))
 }
 
 /// The client's body grew past the configured limit while streaming.

@@ -44,7 +44,9 @@ where
                     let f = f.clone();
                     async move { Ok::<_, Infallible>(f(req).await) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -96,7 +98,11 @@ async fn hundred_megabytes_stream_through_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.toml");
     let hash = ews_gateway::auth::hash_password("scan-pass").unwrap();
-    std::fs::write(&users, format!("[[user]]\nname = \"scanner@contoso.example\"\npassword_hash = \"{hash}\"\n")).unwrap();
+    std::fs::write(
+        &users,
+        format!("[[user]]\nname = \"scanner@contoso.example\"\npassword_hash = \"{hash}\"\n"),
+    )
+    .unwrap();
     let config = dir.path().join("gw.toml");
     std::fs::write(
         &config,
@@ -133,11 +139,18 @@ authority = "http://{token_addr}"
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
         }
     });
-    let gw_addr = rx.recv_timeout(Duration::from_secs(30)).expect("gateway did not report its address");
+    let gw_addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("gateway did not report its address");
 
     let head = "<?xml version=\"1.0\" encoding=\"utf-8\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Header><t:RequestServerVersion Version=\"Exchange2016\"/></s:Header><s:Body><m:CreateAttachment><m:ParentItemId Id=\"AAMk\"/><m:Attachments><t:FileAttachment><t:Name>scan.pdf</t:Name><t:Content>";
     let tail = "</t:Content></t:FileAttachment></m:Attachments></m:CreateAttachment></s:Body></s:Envelope>";
@@ -181,8 +194,18 @@ authority = "http://{token_addr}"
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.authorization, "Bearer stub-access-token");
     assert_eq!(seen.anchor, "scanner@contoso.example");
-    assert_eq!(seen.len, total + injected.len() as u64, "upstream got every byte plus the header");
+    assert_eq!(
+        seen.len,
+        total + injected.len() as u64,
+        "upstream got every byte plus the header"
+    );
     let growth_mib = hwm.saturating_sub(rss_before) / 1024;
-    eprintln!("gateway RSS before {rss_before} KiB, peak {hwm} KiB, growth {growth_mib} MiB for a {} MiB body", total / 1024 / 1024);
-    assert!(growth_mib < 24, "peak memory grew by {growth_mib} MiB while streaming 100 MiB");
+    eprintln!(
+        "gateway RSS before {rss_before} KiB, peak {hwm} KiB, growth {growth_mib} MiB for a {} MiB body",
+        total / 1024 / 1024
+    );
+    assert!(
+        growth_mib < 24,
+        "peak memory grew by {growth_mib} MiB while streaming 100 MiB"
+    );
 }

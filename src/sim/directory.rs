@@ -230,7 +230,9 @@ impl Directory {
     pub fn tenant(&self, id_or_domain: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| {
             t.id.eq_ignore_ascii_case(id_or_domain)
-                || t.domains.iter().any(|d| d.eq_ignore_ascii_case(id_or_domain))
+                || t.domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(id_or_domain))
         })
     }
 
@@ -238,7 +240,9 @@ impl Directory {
     pub fn tenant_mut(&mut self, id_or_domain: &str) -> Option<&mut Tenant> {
         self.tenants.iter_mut().find(|t| {
             t.id.eq_ignore_ascii_case(id_or_domain)
-                || t.domains.iter().any(|d| d.eq_ignore_ascii_case(id_or_domain))
+                || t.domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(id_or_domain))
         })
     }
 }
@@ -282,7 +286,9 @@ impl Tenant {
     /// Whether `app` may reach `mailbox` through EWS, and if not, the policy reason.
     pub fn ews_policy_block(&self, app: &App, mailbox: &Mailbox) -> Option<String> {
         if let Some(allowed) = &self.ews_allowed_app_ids
-            && !allowed.iter().any(|id| id.eq_ignore_ascii_case(&app.client_id))
+            && !allowed
+                .iter()
+                .any(|id| id.eq_ignore_ascii_case(&app.client_id))
         {
             return Some(format!(
                 "The application {} is not in the EWSAllowedAppIDs list of the organization.",
@@ -336,23 +342,26 @@ mod tests {
         let t = dir.tenant("contoso.example").unwrap();
         assert_eq!(dir.tenant(&t.id).unwrap().id, t.id);
         let alice = t.mailbox_by_primary("alice@contoso.example").unwrap();
-        assert_eq!(
-            t.resolve(IdKind::Sid, &alice.sid).unwrap().smtp,
-            alice.smtp
-        );
+        assert_eq!(t.resolve(IdKind::Sid, &alice.sid).unwrap().smtp, alice.smtp);
         assert_eq!(
             t.resolve(IdKind::PrincipalName, alice.upn()).unwrap().smtp,
             alice.smtp
         );
         for alias in &alice.aliases {
-            assert_eq!(t.resolve(IdKind::SmtpAddress, alias).unwrap().smtp, alice.smtp);
+            assert_eq!(
+                t.resolve(IdKind::SmtpAddress, alias).unwrap().smtp,
+                alice.smtp
+            );
             assert!(t.resolve(IdKind::PrimarySmtpAddress, alias).is_none());
         }
     }
 
     #[test]
     fn scope_matching() {
-        let scope = vec!["*@contoso.example".to_owned(), "x@fabrikam.example".to_owned()];
+        let scope = vec![
+            "*@contoso.example".to_owned(),
+            "x@fabrikam.example".to_owned(),
+        ];
         assert!(scope_matches(&scope, "a@CONTOSO.example"));
         assert!(scope_matches(&scope, "x@fabrikam.example"));
         assert!(!scope_matches(&scope, "y@fabrikam.example"));
@@ -376,6 +385,9 @@ display_name = "B"
 sid = "S-2"
 aliases = ["A@t.example"]
 "#;
-        assert!(matches!(Directory::from_toml(seed), Err(SeedError::Invalid(_))));
+        assert!(matches!(
+            Directory::from_toml(seed),
+            Err(SeedError::Invalid(_))
+        ));
     }
 }

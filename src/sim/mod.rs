@@ -269,10 +269,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         .local_addr()
         .map_err(|source| SimError::Bind { addr, source })?;
     let (tls, ca_pem) = if config.https {
-        let pki = crate::tls::generate_pki(&[
-            "localhost".to_owned(),
-            addr.ip().to_string(),
-        ])?;
+        let pki = crate::tls::generate_pki(&["localhost".to_owned(), addr.ip().to_string()])?;
         let certs = crate::tls::certs_from_pem(pki.server_cert_pem.as_bytes(), "generated")?;
         let key = crate::tls::key_from_pem(pki.server_key_pem.as_bytes(), "generated")?;
         let server = crate::tls::server_config(certs, key)?;
@@ -356,9 +353,17 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>, conn: ConnInfo) -> 
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             return if too_large {
-                respond(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "Request body too large")
+                respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    "Request body too large",
+                )
             } else {
-                respond(StatusCode::BAD_REQUEST, "text/plain", "Request body could not be read")
+                respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "Request body could not be read",
+                )
             };
         }
     };
@@ -413,13 +418,11 @@ async fn dispatch(state: &Arc<SimState>, req: SimRequest) -> Response<Body> {
             let tenant = (*tenant).to_owned();
             entra::handle_token(state, &tenant, entra::TokenApi::V1, req).await
         }
-        [_, "discovery", "keys"] | [_, "discovery", "v2.0", "keys"] => {
-            respond(
-                StatusCode::OK,
-                "application/json; charset=utf-8",
-                state.tokens.jwks().to_string(),
-            )
-        }
+        [_, "discovery", "keys"] | [_, "discovery", "v2.0", "keys"] => respond(
+            StatusCode::OK,
+            "application/json; charset=utf-8",
+            state.tokens.jwks().to_string(),
+        ),
         _ => respond(StatusCode::NOT_FOUND, "text/html", "<h1>404 Not Found</h1>"),
     }
 }
@@ -428,13 +431,21 @@ fn admin_requests(state: &SimState, req: &SimRequest) -> Response<Body> {
     match req.method {
         Method::GET => match serde_json::to_string(&state.log.snapshot()) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
-            Err(err) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", err.to_string()),
+            Err(err) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                err.to_string(),
+            ),
         },
         Method::DELETE => {
             state.log.clear();
             respond(StatusCode::NO_CONTENT, "text/plain", "")
         }
-        _ => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET or DELETE"),
+        _ => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET or DELETE",
+        ),
     }
 }
 
@@ -442,7 +453,11 @@ fn admin_faults(state: &SimState, req: &SimRequest) -> Response<Body> {
     match req.method {
         Method::GET => match serde_json::to_string(&state.faults()) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
-            Err(err) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", err.to_string()),
+            Err(err) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                err.to_string(),
+            ),
         },
         Method::PUT => match serde_json::from_slice::<Faults>(&req.body) {
             Ok(faults) => {

@@ -15,7 +15,9 @@ pub async fn start_demo() -> Demo {
 
 pub async fn start_demo_with(config: SimConfig) -> Demo {
     ews_gateway::tls::install_crypto_provider();
-    demo::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap()
+    demo::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap()
 }
 
 pub fn client() -> reqwest::Client {
@@ -41,7 +43,9 @@ pub fn version_header() -> &'static str {
 }
 
 pub fn impersonation(kind: &str, value: &str) -> String {
-    format!("<t:ExchangeImpersonation><t:ConnectingSID><t:{kind}>{value}</t:{kind}></t:ConnectingSID></t:ExchangeImpersonation>")
+    format!(
+        "<t:ExchangeImpersonation><t:ConnectingSID><t:{kind}>{value}</t:{kind}></t:ConnectingSID></t:ExchangeImpersonation>"
+    )
 }
 
 pub fn find_inbox() -> &'static str {
@@ -49,7 +53,9 @@ pub fn find_inbox() -> &'static str {
 }
 
 pub fn find_inbox_of(mailbox: &str) -> String {
-    format!("<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id=\"inbox\"><t:Mailbox><t:EmailAddress>{mailbox}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>")
+    format!(
+        "<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id=\"inbox\"><t:Mailbox><t:EmailAddress>{mailbox}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"
+    )
 }
 
 pub struct Reply {
@@ -70,7 +76,11 @@ pub async fn post(url: &str, user: Option<(&str, &str)>, body: String) -> Reply 
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.text().await.unwrap();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub const ALICE: (&str, &str) = ("alice@contoso.example", "alice-demo-pass");
