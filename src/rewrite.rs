@@ -823,9 +823,7 @@ mod tests {
         assert_eq!(head.info().operation.as_deref(), Some("FindItem"));
         // The t prefix bound to another namespace inside the header: not the EWS element.
         let doc = env(
-            &format!(
-                "<s:Header><t:ExchangeImpersonation xmlns:t=\"urn:evil\"><t:ConnectingSID><t:SmtpAddress>x@y.example</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></s:Header>"
-            ),
+            "<s:Header><t:ExchangeImpersonation xmlns:t=\"urn:evil\"><t:ConnectingSID><t:SmtpAddress>x@y.example</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></s:Header>",
             FIND,
         );
         assert!(matches!(
@@ -845,7 +843,8 @@ mod tests {
     #[test]
     fn refusals() {
         let imp = "<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>a@contoso.example</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>";
-        let cases: Vec<(String, fn(&RewriteError) -> bool)> = vec![
+        type Check = fn(&RewriteError) -> bool;
+        let cases: Vec<(String, Check)> = vec![
             (
                 format!("<!DOCTYPE x [<!ENTITY e \"x\">]>{}", env("", FIND)),
                 |e| *e == RewriteError::Doctype,
@@ -931,7 +930,7 @@ mod tests {
                 |e| matches!(e, RewriteError::MalformedImpersonation(_)),
             ),
             (
-                format!("<x:Envelope xmlns:x=\"urn:not-soap\"><x:Body/></x:Envelope>"),
+                "<x:Envelope xmlns:x=\"urn:not-soap\"><x:Body/></x:Envelope>".to_owned(),
                 |e| *e == RewriteError::NotEnvelope,
             ),
             (
@@ -1091,7 +1090,7 @@ mod tests {
             for p in points.into_iter().chain(std::iter::once(bytes.len())) {
                 let chunk = &bytes[prev..p];
                 prev = p;
-                if head.is_some() || out.len() > 0 {
+                if head.is_some() || !out.is_empty() {
                     out.extend_from_slice(chunk);
                     continue;
                 }

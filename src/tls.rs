@@ -135,3 +135,43 @@ mod tests {
         assert!(err.to_string().contains("/etc/x.pem"));
     }
 }
+
+/// An RSA key with a self-signed certificate: the simulator's token signing identity, and app
+/// certificate credentials in tests.
+#[derive(Debug, Clone)]
+pub struct RsaIdentity {
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Certificate, DER.
+    pub cert_der: Vec<u8>,
+}
+
+/// Generates an RSA key of `bits` (2048, 3072 or 4096) and a self-signed certificate for it.
+pub fn generate_rsa_identity(common_name: &str, bits: usize) -> Result<RsaIdentity, TlsError> {
+    use aws_lc_rs::encoding::AsDer;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let size = match bits {
+        3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
+        4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
+        _ => aws_lc_rs::rsa::KeySize::Rsa2048,
+    };
+    let generated = aws_lc_rs::rsa::KeyPair::generate(size)
+        .map_err(|_| TlsError::Generate(rcgen::Error::KeyGenerationUnavailable))?;
+    let pkcs8 = generated
+        .as_der()
+        .map_err(|_| TlsError::Generate(rcgen::Error::KeyGenerationUnavailable))?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec());
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.self_signed(&key)?;
+    Ok(RsaIdentity {
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+        cert_der: cert.der().to_vec(),
+    })
+}

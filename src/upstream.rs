@@ -255,7 +255,6 @@ impl EwsPassthrough {
         bearer: &str,
         anchor: &str,
         body: Body,
-        content_length: Option<u64>,
     ) -> Result<Request<Body>, GatewayError> {
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -286,9 +285,6 @@ impl EwsPassthrough {
             if let Ok(v) = HeaderValue::from_str(&id) {
                 h.insert(HeaderName::from_static("client-request-id"), v);
             }
-        }
-        if let Some(len) = content_length {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         Ok(req)
     }
@@ -352,15 +348,15 @@ impl Upstream for EwsPassthrough {
             .map(|len| len - call.consumed.min(len) + prefix.len() as u64);
         let body = limited_body(prefix.clone(), call.rest, self.max_body_bytes);
         // forward
-        let req = self.build_request(
+        let mut req = self.build_request(
             self.ews_url.clone(),
             Method::POST,
             &call.headers,
             token.bearer(),
             &call.anchor,
             body,
-            content_length,
         )?;
+        set_content_length(&mut req, content_length);
         let resp = self.send(req).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return match refusal_from_status(&resp) {
@@ -374,15 +370,15 @@ impl Upstream for EwsPassthrough {
             return Err(refusal_from_status(&resp).unwrap_or(GatewayError::NotFound));
         }
         let token = call.tenant.get().await?;
-        let req = self.build_request(
+        let mut req = self.build_request(
             self.ews_url.clone(),
             Method::POST,
             &call.headers,
             token.bearer(),
             &call.anchor,
             limited_body(prefix, None, self.max_body_bytes),
-            content_length,
         )?;
+        set_content_length(&mut req, content_length);
         let resp = self.send(req).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             call.tenant.invalidate(&token);
@@ -403,7 +399,6 @@ impl Upstream for EwsPassthrough {
             token.bearer(),
             &call.anchor,
             crate::http_util::empty(),
-            None,
         )?;
         let resp = self.send(req).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
@@ -413,6 +408,13 @@ impl Upstream for EwsPassthrough {
             Some(err) => Err(err),
             None => Ok(self.respond(resp)),
         }
+    }
+}
+
+fn set_content_length(req: &mut Request<Body>, length: Option<u64>) {
+    if let Some(len) = length {
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
 }
 

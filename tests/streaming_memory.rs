@@ -4,6 +4,8 @@
 //! tree) and the token endpoint a fixed answer; the gateway is a child process whose peak RSS
 //! (`VmHWM`) is read from /proc.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -165,15 +167,30 @@ authority = "http://{token_addr}"
     }
     .to_header_xml();
 
+    // Warm up: the first request pays argon2 (19 MiB by design) and fills pools; then reset the
+    // peak so that only the streaming request is measured.
+    let warm = reqwest::Client::new()
+        .post(format!("http://{gw_addr}/EWS/Exchange.asmx"))
+        .basic_auth("scanner@contoso.example", Some("scan-pass"))
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(format!("{head}AAAA{tail}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status().as_u16(), 200);
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let rss_before = vm_kib(pid, "VmRSS:");
     let parts: Vec<Bytes> = std::iter::once(Bytes::from(head))
         .chain(std::iter::repeat_n(filler, CHUNKS))
         .chain(std::iter::once(Bytes::from(tail)))
         .collect();
-    for p in &parts {
+    // What Exchange must receive: the client's bytes with the impersonation after `<s:Header>`.
+    let rewritten_head = head.replacen("<s:Header>", &format!("<s:Header>{injected}"), 1);
+    expected.update(rewritten_head.as_bytes());
+    for p in &parts[1..] {
         expected.update(p);
     }
-    let _ = expected;
+    let expected = expected.finalize().to_vec();
     let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
     let resp = reqwest::Client::new()
         .post(format!("http://{gw_addr}/EWS/Exchange.asmx"))
@@ -198,6 +215,10 @@ authority = "http://{token_addr}"
         seen.len,
         total + injected.len() as u64,
         "upstream got every byte plus the header"
+    );
+    assert_eq!(
+        seen.sha256, expected,
+        "upstream got exactly the client's bytes plus the header"
     );
     let growth_mib = hwm.saturating_sub(rss_before) / 1024;
     eprintln!(

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: start the demo (simulator + gateway) on loopback
 //! and talk SOAP to it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ews_gateway::demo::{self, Demo};
 use ews_gateway::sim::SimConfig;
