@@ -178,13 +178,20 @@ async fn v1_grant_returns_strings_expires_on_and_resource_as_requested() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     for field in ["expires_in", "ext_expires_in", "expires_on", "not_before"] {
-        assert!(a.json[field].is_string(), "{field} must be a string: {}", a.json);
+        assert!(
+            a.json[field].is_string(),
+            "{field} must be a string: {}",
+            a.json
+        );
     }
     assert_eq!(a.json["expires_in"], "3599");
     assert_eq!(a.json["resource"], "https://outlook.office365.com/");
     let token = a.json["access_token"].as_str().unwrap();
     let c = payload(token);
-    assert_eq!(c["aud"], "https://outlook.office365.com/", "v1 keeps the slash");
+    assert_eq!(
+        c["aud"], "https://outlook.office365.com/",
+        "v1 keeps the slash"
+    );
     assert_eq!(a.json["expires_on"], c["exp"].as_i64().unwrap().to_string());
     assert_eq!(a.json["not_before"], c["nbf"].as_i64().unwrap().to_string());
     assert!(h.state.tokens.validate(token, now()).is_ok());
@@ -207,7 +214,10 @@ async fn v2_audience_drops_trailing_slash_and_accepts_every_exchange_resource() 
         form[1] = ("scope", scope);
         let a = post_form(&h.token_url(TENANT_ID), &form).await;
         assert_eq!(a.status, StatusCode::OK, "{scope}: {}", a.json);
-        assert_eq!(payload(a.json["access_token"].as_str().unwrap())["aud"], aud);
+        assert_eq!(
+            payload(a.json["access_token"].as_str().unwrap())["aud"],
+            aud
+        );
     }
 }
 
@@ -277,7 +287,10 @@ async fn malformed_tenant_identifier_is_900023() {
     )
     .await;
     let d = assert_aadsts(&a, StatusCode::BAD_REQUEST, "invalid_request", 900_023);
-    assert!(d.contains("'not_a_tenant' is neither a valid DNS name"), "{d}");
+    assert!(
+        d.contains("'not_a_tenant' is neither a valid DNS name"),
+        "{d}"
+    );
 }
 
 #[tokio::test]
@@ -287,7 +300,9 @@ async fn unknown_app_is_700016_unauthorized_client() {
     let a = post_form(&h.token_url(TENANT_ID), &secret_form(app, GATEWAY_SECRET)).await;
     let d = assert_aadsts(&a, StatusCode::BAD_REQUEST, "unauthorized_client", 700_016);
     assert!(
-        d.contains(&format!("Application with identifier '{app}' was not found in the directory")),
+        d.contains(&format!(
+            "Application with identifier '{app}' was not found in the directory"
+        )),
         "{d}"
     );
 }
@@ -317,7 +332,9 @@ async fn expired_secret_is_7000222_with_401() {
     .await;
     let d = assert_aadsts(&a, StatusCode::UNAUTHORIZED, "invalid_client", 7_000_222);
     assert!(
-        d.contains(&format!("The provided client secret keys for app '{EXPIRED_APP}' are expired.")),
+        d.contains(&format!(
+            "The provided client secret keys for app '{EXPIRED_APP}' are expired."
+        )),
         "{d}"
     );
 }
@@ -354,14 +371,22 @@ async fn unsupported_grant_type_is_70003() {
     let mut form = secret_form(GATEWAY_APP, GATEWAY_SECRET);
     form[3] = ("grant_type", "password");
     let a = post_form(&h.token_url(TENANT_ID), &form).await;
-    assert_aadsts(&a, StatusCode::BAD_REQUEST, "unsupported_grant_type", 70_003);
+    assert_aadsts(
+        &a,
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
+        70_003,
+    );
 }
 
 #[tokio::test]
 async fn scope_without_default_suffix_is_1002012() {
     let h = sim().await;
     let mut form = secret_form(GATEWAY_APP, GATEWAY_SECRET);
-    form[1] = ("scope", "https://outlook.office365.com/EWS.AccessAsUser.All");
+    form[1] = (
+        "scope",
+        "https://outlook.office365.com/EWS.AccessAsUser.All",
+    );
     let a = post_form(&h.token_url(TENANT_ID), &form).await;
     let d = assert_aadsts(&a, StatusCode::BAD_REQUEST, "invalid_scope", 1_002_012);
     assert!(d.contains("/.default suffixed"), "{d}");
@@ -380,7 +405,9 @@ async fn scope_for_unknown_resource_is_500011() {
         let d = assert_aadsts(&a, StatusCode::BAD_REQUEST, "invalid_resource", 500_011);
         let resource = scope.trim_end_matches("/.default");
         assert!(
-            d.contains(&format!("The resource principal named {resource} was not found")),
+            d.contains(&format!(
+                "The resource principal named {resource} was not found"
+            )),
             "{d}"
         );
     }
@@ -429,7 +456,14 @@ async fn app_without_consent_gets_a_token_without_roles() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     let token = a.json["access_token"].as_str().unwrap();
     assert!(payload(token).get("roles").is_none());
-    assert!(h.state.tokens.validate(token, now()).unwrap().roles.is_empty());
+    assert!(
+        h.state
+            .tokens
+            .validate(token, now())
+            .unwrap()
+            .roles
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -755,7 +789,10 @@ async fn es256_assertion_is_700027_unsupported_algorithm() {
     let jwt = jsonwebtoken::encode(&header, &assertion_claims(&real_aud()), &key).unwrap();
     let a = post_assertion(&h.token_url(TENANT_ID), &jwt).await;
     let d = assert_aadsts(&a, StatusCode::UNAUTHORIZED, "invalid_client", 700_027);
-    assert!(d.contains("Unsupported asymmetric signing algorithm"), "{d}");
+    assert!(
+        d.contains("Unsupported asymmetric signing algorithm"),
+        "{d}"
+    );
 }
 
 // ---------------------------------------------------------------- TokenService::validate
@@ -842,7 +879,11 @@ async fn validate_refuses_expired_and_not_yet_valid_tokens() {
     let token = h
         .state
         .tokens
-        .issue(&gateway_claims(&h, "https://outlook.office365.com", issued_at))
+        .issue(&gateway_claims(
+            &h,
+            "https://outlook.office365.com",
+            issued_at,
+        ))
         .unwrap();
     // Valid at the time it was issued, expired now.
     assert!(h.state.tokens.validate(&token, issued_at).is_ok());
@@ -855,7 +896,11 @@ async fn validate_refuses_expired_and_not_yet_valid_tokens() {
     let future = h
         .state
         .tokens
-        .issue(&gateway_claims(&h, "https://outlook.office365.com", now() + 3600))
+        .issue(&gateway_claims(
+            &h,
+            "https://outlook.office365.com",
+            now() + 3600,
+        ))
         .unwrap();
     let err = h.state.tokens.validate(&future, now()).unwrap_err();
     assert!(matches!(err, BearerError::NotYetValid), "{err:?}");

@@ -200,7 +200,9 @@ fn issue(
     let tenant = &tenant_owned;
     let form = Form::parse(req);
 
-    let grant_type = form.get("grant_type").ok_or_else(|| Failure::missing("grant_type"))?;
+    let grant_type = form
+        .get("grant_type")
+        .ok_or_else(|| Failure::missing("grant_type"))?;
     if grant_type != "client_credentials" {
         return Err(Failure::new(
             "unsupported_grant_type",
@@ -234,28 +236,28 @@ fn issue(
         return Err(bad_secret(app));
     }
 
-    let auth = if form.get("client_assertion").is_some()
-        || form.get("client_assertion_type").is_some()
-    {
-        let (Some(kind), Some(assertion)) =
-            (form.get("client_assertion_type"), form.get("client_assertion"))
-        else {
-            return Err(neither_credential());
+    let auth =
+        if form.get("client_assertion").is_some() || form.get("client_assertion_type").is_some() {
+            let (Some(kind), Some(assertion)) = (
+                form.get("client_assertion_type"),
+                form.get("client_assertion"),
+            ) else {
+                return Err(neither_credential());
+            };
+            if kind != JWT_BEARER {
+                return Err(neither_credential());
+            }
+            verify_assertion(state, tenant, app, assertion, now)?;
+            ClientAuth::Certificate
+        } else {
+            let secret = match (&basic, form.get("client_secret")) {
+                (Some((_, secret)), _) => secret.clone(),
+                (None, Some(secret)) => secret.to_owned(),
+                (None, None) => return Err(neither_credential()),
+            };
+            verify_secret(app, &secret, now)?;
+            ClientAuth::Secret
         };
-        if kind != JWT_BEARER {
-            return Err(neither_credential());
-        }
-        verify_assertion(state, tenant, app, assertion, now)?;
-        ClientAuth::Certificate
-    } else {
-        let secret = match (&basic, form.get("client_secret")) {
-            (Some((_, secret)), _) => secret.clone(),
-            (None, Some(secret)) => secret.to_owned(),
-            (None, None) => return Err(neither_credential()),
-        };
-        verify_secret(app, &secret, now)?;
-        ClientAuth::Secret
-    };
 
     if !EXCHANGE_RESOURCES.contains(&resource.as_str()) {
         return Err(Failure::new(
@@ -449,8 +451,7 @@ fn basic_credentials(req: &SimRequest) -> Option<(String, String)> {
     let decoded = String::from_utf8(STANDARD.decode(b64.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     let decode = |s: &str| -> Option<String> {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(&format!("v={}", s)).ok()?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={}", s)).ok()?;
         pairs.into_iter().next().map(|(_, v)| v)
     };
     Some((decode(id)?, decode(secret)?))
@@ -466,7 +467,10 @@ impl Form {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         // Entra reads parameters only from a form body; anything else looks like an empty request.
         let pairs = if is_form {
             serde_urlencoded::from_bytes(&req.body).unwrap_or_default()
@@ -653,7 +657,9 @@ fn verify_assertion(
     }
 
     let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) else {
-        return Err(Failure::assertion("The client assertion has no 'exp' claim."));
+        return Err(Failure::assertion(
+            "The client assertion has no 'exp' claim.",
+        ));
     };
     let nbf = claims.get("nbf").and_then(serde_json::Value::as_i64);
     let too_early = nbf.is_some_and(|nbf| nbf - ASSERTION_SKEW_SECS > now);
@@ -672,7 +678,9 @@ fn verify_assertion(
 
     let jti = text("jti");
     if jti.is_empty() {
-        return Err(Failure::assertion("The client assertion has no 'jti' claim."));
+        return Err(Failure::assertion(
+            "The client assertion has no 'jti' claim.",
+        ));
     }
     if !state
         .entra
@@ -771,6 +779,9 @@ mod tests {
     #[test]
     fn invalid_client_is_401_everything_else_400() {
         assert_eq!(neither_credential().status, StatusCode::UNAUTHORIZED);
-        assert_eq!(Failure::missing("grant_type").status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            Failure::missing("grant_type").status,
+            StatusCode::BAD_REQUEST
+        );
     }
 }
