@@ -13,8 +13,8 @@ for _ in $(seq 1 100); do
   kill -0 $pid 2>/dev/null || { cat "$log"; echo "demo exited early"; exit 1; }
   sleep 0.1
 done
-ews_url=$(awk '/EWS URL/ {print $NF; exit}' "$log")
-sim_url=$(awk '/simulated Exchange Online/ {print $NF; exit}' "$log")
+ews_url=$(awk '/^  EWS URL/ {print $NF; exit}' "$log")
+sim_url=$(awk '/^  simulated Exchange Online/ {print $NF; exit}' "$log")
 [ -n "$ews_url" ] && [ -n "$sim_url" ] || { cat "$log"; echo "could not read the demo's URLs"; exit 1; }
 echo "gateway $ews_url, simulator $sim_url"
 python3 "$here/exchangelib_demo.py" "$ews_url" "$sim_url"
