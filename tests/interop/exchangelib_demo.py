@@ -78,4 +78,7 @@ class Demo(unittest.TestCase):
 
 if __name__ == "__main__":
     EWS_URL, SIM_URL = sys.argv[1], sys.argv[2]
-    unittest.main(argv=sys.argv[:1], verbosity=2)
+    result = unittest.main(argv=sys.argv[:1], verbosity=2, exit=False).result
+    failed = len(result.failures) + len(result.errors)
+    print(f"exchangelib: {result.testsRun - failed} passed, {failed} failed")
+    sys.exit(1 if failed or not result.testsRun else 0)
