@@ -320,10 +320,13 @@ async fn drop_mid_body(resp: Response<Body>) -> Response<Body> {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let half = bytes.slice(..bytes.len() / 2);
-    let frames = futures_util::stream::iter(vec![
-        Ok::<_, BoxError>(Frame::data(half)),
-        Err::<Frame<Bytes>, BoxError>("connection dropped by fault injection".into()),
-    ]);
+    // Let the head and the first half go out before the connection breaks.
+    let frames = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(half))]).chain(
+        futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err::<Frame<Bytes>, BoxError>("connection dropped by fault injection".into())
+        }),
+    );
     let mut parts = parts;
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, BodyExt::boxed_unsync(StreamBody::new(frames)))

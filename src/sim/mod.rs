@@ -375,15 +375,18 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>, conn: ConnInfo) -> 
         ));
     }
     let log_cut = body.len().min(state.config.log_body_limit);
-    state.log.push(LoggedRequest {
-        seq: 0,
-        method: parts.method.to_string(),
-        path: path_and_query.clone(),
-        headers,
-        body: body.slice(..log_cut),
-        body_len: body.len(),
-        body_sha256: hex(&Sha256::digest(&body)),
-    });
+    // The admin API is the observer, not traffic: it is not logged.
+    if !path_and_query.starts_with("/_sim/") {
+        state.log.push(LoggedRequest {
+            seq: 0,
+            method: parts.method.to_string(),
+            path: path_and_query.clone(),
+            headers,
+            body: body.slice(..log_cut),
+            body_len: body.len(),
+            body_sha256: hex(&Sha256::digest(&body)),
+        });
+    }
 
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
