@@ -100,13 +100,12 @@ pub fn demo_users_toml() -> Result<String, DemoError> {
     Ok(text)
 }
 
-/// Starts the simulator (plain HTTP on an ephemeral loopback port) and the gateway on `listen`.
-pub async fn start(listen: SocketAddr, sim_config: SimConfig) -> Result<Demo, DemoError> {
-    let sim = sim::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let dir = std::env::temp_dir().join(format!("ews-gateway-demo-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    let users_file = dir.join("users.toml");
-    std::fs::write(&users_file, demo_users_toml()?)?;
+/// The gateway configuration the demo uses: `sim`'s first tenant and app, the given users file.
+pub fn gateway_config(
+    sim: &SimHandle,
+    listen: SocketAddr,
+    users_file: PathBuf,
+) -> Result<Config, DemoError> {
     let directory = sim.state.directory.read().map(|d| d.clone()).ok();
     let (tenant_id, client_id, secret, domains) = directory
         .as_ref()
@@ -121,7 +120,7 @@ pub async fn start(listen: SocketAddr, sim_config: SimConfig) -> Result<Demo, De
             ))
         })
         .ok_or_else(|| DemoError::Hash("the built-in seed has no app".into()))?;
-    let config = Config {
+    Ok(Config {
         listen: ListenConfig {
             address: listen,
             tls_cert: None,
@@ -156,7 +155,17 @@ pub async fn start(listen: SocketAddr, sim_config: SimConfig) -> Result<Demo, De
             refresh_before_expiry_seconds: 300,
         }],
         limits: LimitsConfig::default(),
-    };
+    })
+}
+
+/// Starts the simulator (plain HTTP on an ephemeral loopback port) and the gateway on `listen`.
+pub async fn start(listen: SocketAddr, sim_config: SimConfig) -> Result<Demo, DemoError> {
+    let sim = sim::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let dir = std::env::temp_dir().join(format!("ews-gateway-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let users_file = dir.join("users.toml");
+    std::fs::write(&users_file, demo_users_toml()?)?;
+    let config = gateway_config(&sim, listen, users_file)?;
     let gateway = server::start(&config).await?;
     Ok(Demo { sim, gateway, dir })
 }

@@ -251,6 +251,16 @@ pub fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<Caller, Res
         // Basic authentication is switched off in Exchange Online.
         return Err(challenge(None));
     };
+    if state
+        .revoked_tokens
+        .lock()
+        .map(|r| r.contains(token))
+        .unwrap_or(false)
+    {
+        return Err(challenge(Some(
+            "2000001;reason=\"The token has been revoked.\";error_category=\"invalid_token\"",
+        )));
+    }
     let claims = state
         .tokens
         .validate(token, now_unix())

@@ -174,6 +174,8 @@ pub struct SimState {
     pub log: RequestLog,
     /// Base URL the simulator is reachable at (`http(s)://127.0.0.1:port`).
     pub base_url: String,
+    /// Bearer tokens Exchange refuses from now on (as after a revocation or key rollover).
+    pub revoked_tokens: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SimState {
@@ -253,6 +255,13 @@ impl SimHandle {
         }
     }
 
+    /// Makes EWS refuse `bearer` from now on (401 `invalid_token`).
+    pub fn revoke_token(&self, bearer: &str) {
+        if let Ok(mut revoked) = self.state.revoked_tokens.lock() {
+            revoked.insert(bearer.to_owned());
+        }
+    }
+
     /// Stops the listener and waits for open connections to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -292,6 +301,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         tokens,
         base_url,
         config,
+        revoked_tokens: Mutex::new(std::collections::HashSet::new()),
     });
     let shutdown = CancellationToken::new();
     let handler_state = Arc::clone(&state);
