@@ -311,6 +311,9 @@ pub struct CredentialStore {
     cache_key: [u8; 32],
     cache: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     hash_checks: AtomicU64,
+    /// Caps concurrent hash verifications: argon2id with default parameters takes 19 MiB each,
+    /// so an unbounded burst of wrong passwords would exhaust memory.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -410,6 +413,9 @@ impl CredentialStore {
                 .time_to_live(options.cache_ttl.max(Duration::from_millis(1)))
                 .build(),
             hash_checks: AtomicU64::new(0),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     }
 
@@ -471,11 +477,20 @@ impl CredentialStore {
 
     async fn check(&self, hash: &StoredHash, password: &str) -> Result<bool, AuthError> {
         self.hash_checks.fetch_add(1, Ordering::Relaxed);
+        // The permit moves into the blocking task: a client that goes away cannot free it early.
+        let permit = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
         let hash = hash.clone();
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || hash.verify(&password))
-            .await
-            .map_err(|e| AuthError::Hash(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            let ok = hash.verify(&password);
+            drop(permit);
+            ok
+        })
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))
     }
 
     #[cfg(test)]
@@ -633,6 +648,29 @@ disabled = true
                 "{u}: a failure costs one hash check"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_verifications_are_capped() {
+        let s = Arc::new(store());
+        let cap = s.hashing.available_permits();
+        let mut tasks = Vec::new();
+        for i in 0..(cap * 4) {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                s.verify(&creds("alice", &format!("wrong-{i}"))).await
+            }));
+        }
+        let mut least = cap;
+        while !tasks.iter().all(|t| t.is_finished()) {
+            least = least.min(s.hashing.available_permits());
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().is_err());
+        }
+        assert_eq!(s.hashing.available_permits(), cap, "all permits come back");
+        assert!(least < cap, "verifications did take permits");
     }
 
     #[tokio::test]
