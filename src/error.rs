@@ -149,6 +149,18 @@ impl GatewayError {
     }
 }
 
+/// An error and its sources, joined with ": " (transport errors hide the useful part in sources).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn side_prefix(side: Side) -> &'static str {
     match side {
         Side::Entra => "ews-gateway could not obtain an access token from Microsoft Entra ID:",

@@ -311,12 +311,12 @@ impl TenantTokens {
             .await
             .map_err(|e| TokenError::Unreachable {
                 url: self.token_url.clone(),
-                reason: error_chain(&e),
+                reason: crate::error::error_chain(&e),
             })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| TokenError::Unreachable {
             url: self.token_url.clone(),
-            reason: error_chain(&e),
+            reason: crate::error::error_chain(&e),
         })?;
         if status.is_success() {
             let parsed: TokenResponse = serde_json::from_slice(&bytes)
@@ -362,17 +362,6 @@ fn backoff_for(streak: u32) -> Duration {
     // 1 s, 2 s, 4 s ... capped at 30 s: quick recovery, no hammering during an outage.
     let secs = 1u64 << streak.saturating_sub(1).min(5);
     Duration::from_secs(secs.min(30))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// All tenants' token state, and which tenant serves which mailbox.

@@ -231,7 +231,7 @@ impl EwsPassthrough {
                 message: format!(
                     "the EWS endpoint {} could not be reached ({})",
                     self.ews_url,
-                    error_chain(&err)
+                    crate::error::error_chain(&err)
                 ),
                 retry_after: Duration::from_secs(5),
             }),
@@ -446,15 +446,4 @@ fn limited_body(prefix: Bytes, rest: Option<Body>, limit: u64) -> Body {
 pub struct BodyTooLarge {
     /// The limit.
     pub limit: u64,
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
