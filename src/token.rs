@@ -6,6 +6,8 @@
 //! exponential back-off so an Entra outage is not hammered, and invalidation when Exchange says a
 //! token is bad. Free of hyper types; the Entra client is reqwest over rustls.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -127,12 +129,8 @@ struct Failure {
 pub struct TenantTokens {
     /// Tenant id or domain, as configured.
     pub tenant_id: String,
-    client_id: String,
-    secret: Secret,
-    scope: String,
-    token_url: String,
+    endpoint: Box<dyn TokenEndpoint>,
     refresh_margin: Duration,
-    http: reqwest::Client,
     current: ArcSwapOption<AccessToken>,
     refresh: Arc<Mutex<Option<Failure>>>,
     acquisitions: AtomicU64,
@@ -142,8 +140,7 @@ impl std::fmt::Debug for TenantTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantTokens")
             .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .field("token_url", &self.token_url)
+            .field("endpoint", &self.endpoint.describe())
             .finish_non_exhaustive()
     }
 }
@@ -188,14 +185,30 @@ impl TenantTokens {
     /// Token state for a configured tenant with its resolved secret.
     pub fn new(config: &TenantConfig, secret: Secret, http: reqwest::Client) -> Self {
         let authority = config.authority.trim_end_matches('/');
-        Self {
-            tenant_id: config.tenant_id.clone(),
+        let endpoint = ClientSecretEndpoint {
+            http,
+            token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
             client_id: config.client_id.clone(),
             secret,
             scope: config.scope.clone(),
-            token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
-            refresh_margin: Duration::from_secs(config.refresh_before_expiry_seconds),
-            http,
+        };
+        Self::with_endpoint(
+            &config.tenant_id,
+            Box::new(endpoint),
+            Duration::from_secs(config.refresh_before_expiry_seconds),
+        )
+    }
+
+    /// Token state around any token endpoint (tests use a fake one under paused time).
+    pub fn with_endpoint(
+        tenant_id: &str,
+        endpoint: Box<dyn TokenEndpoint>,
+        refresh_margin: Duration,
+    ) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            endpoint,
+            refresh_margin,
             current: ArcSwapOption::empty(),
             refresh: Arc::new(Mutex::new(None)),
             acquisitions: AtomicU64::new(0),
@@ -297,6 +310,53 @@ impl TenantTokens {
     async fn fetch(&self) -> Result<AccessToken, TokenError> {
         self.acquisitions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        let fetched = self.endpoint.fetch().await?;
+        Ok(AccessToken {
+            value: Arc::from(fetched.access_token),
+            expires_at: started + fetched.expires_in,
+            obtained_at: started,
+        })
+    }
+}
+
+/// A token as a token endpoint returned it.
+pub struct FetchedToken {
+    /// The bearer value.
+    pub access_token: String,
+    /// Its lifetime from the moment it was requested.
+    pub expires_in: Duration,
+}
+
+/// Where tokens come from: the seam between the lifecycle (cache, refresh, back-off) and the
+/// credential kind.
+pub trait TokenEndpoint: Send + Sync + 'static {
+    /// Requests one new token.
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<FetchedToken, TokenError>> + Send + '_>>;
+    /// Where it asks, for logs.
+    fn describe(&self) -> String;
+}
+
+/// The client-credentials grant with a client secret.
+struct ClientSecretEndpoint {
+    http: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    secret: Secret,
+    scope: String,
+}
+
+impl TokenEndpoint for ClientSecretEndpoint {
+    fn describe(&self) -> String {
+        self.token_url.clone()
+    }
+
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<FetchedToken, TokenError>> + Send + '_>> {
+        Box::pin(self.request())
+    }
+}
+
+impl ClientSecretEndpoint {
+    async fn request(&self) -> Result<FetchedToken, TokenError> {
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
@@ -327,10 +387,9 @@ impl TenantTokens {
                     .parse()
                     .map_err(|_| TokenError::BadResponse("expires_in is not a number".into()))?,
             };
-            return Ok(AccessToken {
-                value: Arc::from(parsed.access_token),
-                expires_at: started + Duration::from_secs(expires_in),
-                obtained_at: started,
+            return Ok(FetchedToken {
+                access_token: parsed.access_token,
+                expires_in: Duration::from_secs(expires_in),
             });
         }
         if status.is_server_error() || status.as_u16() == 429 {
