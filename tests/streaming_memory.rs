@@ -184,8 +184,8 @@ authority = "http://{token_addr}"
         .chain(std::iter::repeat_n(filler, CHUNKS))
         .chain(std::iter::once(Bytes::from(tail)))
         .collect();
-    // What Exchange must receive: the client's bytes with the impersonation after `<s:Header>`.
-    let rewritten_head = head.replacen("<s:Header>", &format!("<s:Header>{injected}"), 1);
+    // What Exchange must receive: the client's bytes with the impersonation closing the Header.
+    let rewritten_head = head.replacen("</s:Header>", &format!("{injected}</s:Header>"), 1);
     expected.update(rewritten_head.as_bytes());
     for p in &parts[1..] {
         expected.update(p);
