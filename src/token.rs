@@ -516,4 +516,166 @@ mod tests {
         let single = source(&[&[]]);
         assert_eq!(single.for_mailbox("a@any.example").unwrap().tenant_id, "t0");
     }
+
+    /// A token endpoint under test control: counts calls, takes `delay`, can fail.
+    struct FakeEndpoint {
+        calls: Arc<AtomicU64>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+        delay: Duration,
+        lifetime: Duration,
+    }
+
+    impl TokenEndpoint for FakeEndpoint {
+        fn describe(&self) -> String {
+            "fake".to_owned()
+        }
+        fn fetch(
+            &self,
+        ) -> Pin<Box<dyn Future<Output = Result<FetchedToken, TokenError>> + Send + '_>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(self.delay).await;
+                if self.failing.load(Ordering::SeqCst) {
+                    return Err(TokenError::Unavailable { status: 503 });
+                }
+                Ok(FetchedToken {
+                    access_token: format!("token-{n}"),
+                    expires_in: self.lifetime,
+                })
+            })
+        }
+    }
+
+    struct Harness {
+        tokens: Arc<TenantTokens>,
+        calls: Arc<AtomicU64>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn harness(delay: Duration, lifetime: Duration, margin: Duration) -> Harness {
+        let calls = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let endpoint = FakeEndpoint {
+            calls: Arc::clone(&calls),
+            failing: Arc::clone(&failing),
+            delay,
+            lifetime,
+        };
+        Harness {
+            tokens: Arc::new(TenantTokens::with_endpoint("t", Box::new(endpoint), margin)),
+            calls,
+            failing,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_of_expiry_never_makes_a_request_wait() {
+        let h = harness(
+            Duration::from_secs(2),
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        );
+        assert_eq!(h.tokens.get().await.unwrap().bearer(), "token-1");
+        tokio::time::advance(Duration::from_secs(3400)).await; // inside the refresh margin
+        let before = Instant::now();
+        let token = h.tokens.get().await.unwrap();
+        assert_eq!(
+            token.bearer(),
+            "token-1",
+            "the valid token is served at once"
+        );
+        assert_eq!(Instant::now(), before, "no waiting on Entra");
+        tokio::time::sleep(Duration::from_secs(3)).await; // the background refresh lands
+        assert_eq!(h.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(h.tokens.get().await.unwrap().bearer(), "token-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_a_thousand_shares_one_token_request() {
+        let h = harness(
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let tokens = Arc::clone(&h.tokens);
+            tasks.push(tokio::spawn(async move {
+                tokens.get().await.map(|t| t.bearer().to_owned())
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "token-1");
+        }
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_ridden_out_until_expiry_then_recovered_from() {
+        let h = harness(
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+            Duration::from_secs(300),
+        );
+        assert_eq!(h.tokens.get().await.unwrap().bearer(), "token-1");
+        h.failing.store(true, Ordering::SeqCst);
+        // Inside the margin and until expiry, requests keep the current token.
+        for _ in 0..58 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert_eq!(h.tokens.get().await.unwrap().bearer(), "token-1");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let attempts = h.calls.load(Ordering::SeqCst) - 1;
+        assert!(attempts >= 2, "refresh was attempted");
+        assert!(
+            attempts <= 15,
+            "back-off keeps attempts few during the outage: {attempts}"
+        );
+        tokio::time::advance(Duration::from_secs(20)).await; // past expiry
+        assert!(
+            h.tokens.get().await.is_err(),
+            "an expired token is never served"
+        );
+        h.failing.store(false, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(31)).await; // past the longest back-off
+        let recovered = h.tokens.get().await.unwrap();
+        assert_ne!(recovered.bearer(), "token-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_instead_of_hammering() {
+        let h = harness(
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+            Duration::from_secs(300),
+        );
+        h.failing.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            h.tokens.get().await,
+            Err(TokenError::Unavailable { .. })
+        ));
+        for _ in 0..50 {
+            assert!(matches!(
+                h.tokens.get().await,
+                Err(TokenError::BackingOff { .. })
+            ));
+        }
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidation_drops_only_the_token_it_names() {
+        let h = harness(
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+            Duration::from_secs(60),
+        );
+        let first = h.tokens.get().await.unwrap();
+        h.tokens.invalidate(&first);
+        let second = h.tokens.get().await.unwrap();
+        assert_eq!(second.bearer(), "token-2");
+        h.tokens.invalidate(&first); // stale: must not drop token-2
+        assert_eq!(h.tokens.get().await.unwrap().bearer(), "token-2");
+        assert_eq!(h.calls.load(Ordering::SeqCst), 2);
+    }
 }
