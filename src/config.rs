@@ -127,6 +127,10 @@ pub struct TenantConfig {
     /// Client secret inline (discouraged: a warning is logged).
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// Further credentials, tried in order when one is refused as invalid (rotation):
+    /// certificates (preferred by Microsoft) and secrets.
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
     /// Token authority, e.g. `https://login.microsoftonline.com`.
     #[serde(default = "default_authority")]
     pub authority: String,
@@ -139,6 +143,27 @@ pub struct TenantConfig {
     /// Refresh a token this many seconds before it expires.
     #[serde(default = "default_refresh_margin")]
     pub refresh_before_expiry_seconds: u64,
+}
+
+/// One client credential of a tenant's app: a certificate (key and certificate PEM) or a secret.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Certificate registered on the app (PEM).
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Its private key (PEM, PKCS#8 or PKCS#1; RSA of at least 2048 bits).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Client assertion algorithm: `PS256` (with `x5t#S256`, the default) or `RS256` (with `x5t`).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// Client secret from a file.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Client secret from an environment variable.
+    #[serde(default)]
+    pub secret_env: Option<String>,
 }
 
 /// Resource limits.
@@ -314,10 +339,60 @@ impl Config {
             .iter()
             .filter(|s| **s)
             .count();
-            if sources != 1 {
+            if sources > 1 {
                 problems.push(format!(
-                    "{at}: set exactly one of client_secret_file, client_secret_env, client_secret"
+                    "{at}: set at most one of client_secret_file, client_secret_env, client_secret"
                 ));
+            }
+            if sources == 0 && t.credentials.is_empty() {
+                problems.push(format!(
+                    "{at}: no credential: set client_secret_file, client_secret_env or client_secret, or add a [[tenant.credential]]"
+                ));
+            }
+            for (j, c) in t.credentials.iter().enumerate() {
+                let cert = c.certificate_file.is_some() || c.key_file.is_some();
+                let secret = c.secret_file.is_some() || c.secret_env.is_some();
+                if cert == secret {
+                    problems.push(format!(
+                        "{at}: credential[{j}] must be either certificate_file + key_file or one of secret_file, secret_env"
+                    ));
+                }
+                if cert && (c.certificate_file.is_none() || c.key_file.is_none()) {
+                    problems.push(format!(
+                        "{at}: credential[{j}] needs both certificate_file and key_file"
+                    ));
+                }
+                if c.secret_file.is_some() && c.secret_env.is_some() {
+                    problems.push(format!(
+                        "{at}: credential[{j}] sets both secret_file and secret_env"
+                    ));
+                }
+                for p in [&c.certificate_file, &c.key_file, &c.secret_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !p.is_file() {
+                        problems.push(format!(
+                            "{at}: credential[{j}] {} is not a readable file",
+                            p.display()
+                        ));
+                    }
+                }
+                if let Some(var) = &c.secret_env
+                    && std::env::var_os(var).is_none()
+                {
+                    problems.push(format!(
+                        "{at}: credential[{j}] environment variable {var} is not set"
+                    ));
+                }
+                if let Some(alg) = &c.algorithm
+                    && alg != "PS256"
+                    && alg != "RS256"
+                {
+                    problems.push(format!(
+                        "{at}: credential[{j}] algorithm {alg} must be PS256 or RS256"
+                    ));
+                }
             }
             if let Some(p) = &t.client_secret_file
                 && !p.is_file()
@@ -473,7 +548,7 @@ scope = "https://outlook.office365.com"
             "users_file",
             "ews_url",
             "client_id is empty",
-            "exactly one of",
+            "no credential",
             "/.default",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");

@@ -149,6 +149,7 @@ pub fn gateway_config(
             client_secret_file: None,
             client_secret_env: None,
             client_secret: Some(secret),
+            credentials: Vec::new(),
             authority: sim.authority_url(),
             scope: "https://outlook.office365.com/.default".to_owned(),
             ca_file: None,

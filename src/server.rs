@@ -131,7 +131,11 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
     )?;
     let mut tenants = Vec::new();
     for t in &config.tenants {
-        let secret = t.resolve_secret()?;
+        let credentials =
+            crate::credential::tenant_credentials(t).map_err(|e| StartError::TokenClient {
+                tenant: t.tenant_id.clone(),
+                message: e.to_string(),
+            })?;
         let ca = t.ca_file.as_deref().map(read).transpose()?;
         let http = crate::token::http_client(ca.as_deref()).map_err(|message| {
             StartError::TokenClient {
@@ -141,7 +145,7 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
         })?;
         tenants.push((
             t.domains.clone(),
-            Arc::new(TenantTokens::new(t, secret, http)),
+            Arc::new(TenantTokens::new(t, credentials, http)),
         ));
     }
     Ok(Gateway {

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{Secret, TenantConfig};
+use crate::config::TenantConfig;
+use crate::credential::Credential;
 use crate::error::{GatewayError, Side};
 
 /// Why a token could not be obtained.
@@ -182,14 +183,15 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 }
 
 impl TenantTokens {
-    /// Token state for a configured tenant with its resolved secret.
-    pub fn new(config: &TenantConfig, secret: Secret, http: reqwest::Client) -> Self {
+    /// Token state for a configured tenant with its loaded credentials (tried in order).
+    pub fn new(config: &TenantConfig, credentials: Vec<Credential>, http: reqwest::Client) -> Self {
         let authority = config.authority.trim_end_matches('/');
-        let endpoint = ClientSecretEndpoint {
+        let endpoint = EntraEndpoint {
             http,
             token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
             client_id: config.client_id.clone(),
-            secret,
+            credentials,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             scope: config.scope.clone(),
         };
         Self::with_endpoint(
@@ -336,33 +338,86 @@ pub trait TokenEndpoint: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The client-credentials grant with a client secret.
-struct ClientSecretEndpoint {
+/// The client-credentials grant at an Entra token endpoint, with one or more credentials.
+///
+/// Credentials are tried from the last one that worked; one refused as `invalid_client` (a
+/// rotated-out secret or certificate) passes the turn to the next.
+struct EntraEndpoint {
     http: reqwest::Client,
     token_url: String,
     client_id: String,
-    secret: Secret,
+    credentials: Vec<Credential>,
+    preferred: std::sync::atomic::AtomicUsize,
     scope: String,
 }
 
-impl TokenEndpoint for ClientSecretEndpoint {
+impl TokenEndpoint for EntraEndpoint {
     fn describe(&self) -> String {
         self.token_url.clone()
     }
 
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<FetchedToken, TokenError>> + Send + '_>> {
-        Box::pin(self.request())
+        Box::pin(self.fetch_any())
     }
 }
 
-impl ClientSecretEndpoint {
-    async fn request(&self) -> Result<FetchedToken, TokenError> {
-        let form = [
+impl EntraEndpoint {
+    async fn fetch_any(&self) -> Result<FetchedToken, TokenError> {
+        let n = self.credentials.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = TokenError::BadResponse("no credential is configured".to_owned());
+        for i in 0..n {
+            let index = (start + i) % n;
+            let Some(credential) = self.credentials.get(index) else {
+                continue;
+            };
+            match self.request(credential).await {
+                Ok(token) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(token);
+                }
+                Err(TokenError::Rejected {
+                    error,
+                    code,
+                    description,
+                }) if error == "invalid_client" => {
+                    tracing::warn!(
+                        credential = index,
+                        code,
+                        "credential refused; trying the next one"
+                    );
+                    last = TokenError::Rejected {
+                        error,
+                        code,
+                        description,
+                    };
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last)
+    }
+
+    async fn request(&self, credential: &Credential) -> Result<FetchedToken, TokenError> {
+        let assertion;
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
             ("scope", self.scope.as_str()),
         ];
+        match credential {
+            Credential::Secret(secret) => form.push(("client_secret", secret.expose())),
+            Credential::Certificate(cert) => {
+                assertion = cert
+                    .assertion(&self.client_id, &self.token_url)
+                    .map_err(|e| TokenError::BadResponse(e.to_string()))?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", assertion.as_str()));
+            }
+        }
         let resp = self
             .http
             .post(&self.token_url)
@@ -496,11 +551,7 @@ mod tests {
                     .unwrap();
                     (
                         ds.iter().map(|d| d.to_string()).collect(),
-                        Arc::new(TenantTokens::new(
-                            &cfg,
-                            Secret::new("s".into()),
-                            http.clone(),
-                        )),
+                        Arc::new(TenantTokens::new(&cfg, Vec::new(), http.clone())),
                     )
                 })
                 .collect(),

@@ -142,7 +142,7 @@ fn serve_reports_every_config_problem_and_exits_non_zero() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["clear text", "users_file", "ews_url", "client_secret"] {
+    for needle in ["clear text", "users_file", "ews_url", "no credential"] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }

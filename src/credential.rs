@@ -1,0 +1,204 @@
+//! Client credentials for the Entra client-credentials grant: a certificate (client assertion)
+//! or a client secret, loaded from files or the environment.
+//!
+//! Microsoft recommends certificate credentials; the assertion is a JWT signed PS256 with the
+//! certificate's SHA-256 thumbprint in `x5t#S256` (or RS256 with the SHA-1 `x5t`), `aud` the token
+//! endpoint, `iss` = `sub` = the client id, a fresh `jti` and a 10-minute lifetime. Keys are RSA
+//! of at least 2048 bits and must match the certificate; both are checked at load.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sha1::Digest as _;
+
+use crate::config::{CredentialConfig, Secret, TenantConfig};
+
+/// Why a credential cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The certificate or key is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A secret's source is missing.
+    #[error("{0}")]
+    Secret(String),
+}
+
+/// One credential, ready to authenticate the app.
+#[derive(Clone)]
+pub enum Credential {
+    /// A client secret.
+    Secret(Secret),
+    /// A certificate and its key.
+    Certificate(Box<CertificateCredential>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Credential::Secret(..)"),
+            Self::Certificate(c) => write!(f, "Credential::Certificate({})", c.x5t_s256),
+        }
+    }
+}
+
+/// A certificate credential.
+#[derive(Clone)]
+pub struct CertificateCredential {
+    key: EncodingKey,
+    algorithm: Algorithm,
+    /// Base64url SHA-1 thumbprint.
+    pub x5t: String,
+    /// Base64url SHA-256 thumbprint.
+    pub x5t_s256: String,
+}
+
+impl CertificateCredential {
+    /// Loads a certificate and its RSA key (PEM), checking size and that they belong together.
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        algorithm: Algorithm,
+    ) -> Result<Self, CredentialError> {
+        let certs = crate::tls::certs_from_pem(cert_pem, "certificate")
+            .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+        let der = certs
+            .first()
+            .ok_or_else(|| CredentialError::Invalid("no certificate".into()))?
+            .as_ref()
+            .to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| CredentialError::Invalid(format!("certificate does not parse: {e}")))?;
+        let (modulus, exponent) = match cert.public_key().parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+                (rsa.modulus.to_vec(), rsa.exponent.to_vec())
+            }
+            _ => {
+                return Err(CredentialError::Invalid(
+                    "the certificate key is not RSA (Entra accepts only RSA certificates)".into(),
+                ));
+            }
+        };
+        let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
+        if bits < 2048 {
+            return Err(CredentialError::Invalid(format!(
+                "the RSA key has {bits} bits; at least 2048 are required"
+            )));
+        }
+        let key = EncodingKey::from_rsa_pem(key_pem).map_err(|e| {
+            CredentialError::Invalid(format!("the private key is not an RSA PEM key: {e}"))
+        })?;
+        let credential = Self {
+            key,
+            algorithm,
+            x5t: URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&der)),
+            x5t_s256: URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&der)),
+        };
+        // Sign once and verify with the certificate: a key that does not match fails here, at
+        // start, not as AADSTS700027 on the first request.
+        let probe = credential.assertion("probe", "https://probe.invalid/token")?;
+        let decoding = jsonwebtoken::DecodingKey::from_rsa_raw_components(
+            strip_zeros(&modulus),
+            strip_zeros(&exponent),
+        );
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.set_audience(&["https://probe.invalid/token"]);
+        jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &validation).map_err(
+            |_| CredentialError::Invalid("the private key does not match the certificate".into()),
+        )?;
+        Ok(credential)
+    }
+
+    /// A client assertion for `client_id` at the token endpoint `audience`.
+    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<String, CredentialError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut header = Header::new(self.algorithm);
+        header.typ = Some("JWT".to_owned());
+        match self.algorithm {
+            Algorithm::RS256 => header.x5t = Some(self.x5t.clone()),
+            _ => header.x5t_s256 = Some(self.x5t_s256.clone()),
+        }
+        let claims = serde_json::json!({
+            "aud": audience,
+            "iss": client_id,
+            "sub": client_id,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "nbf": now,
+            "iat": now,
+            "exp": now + 600,
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
+            CredentialError::Invalid(format!("signing the client assertion failed: {e}"))
+        })
+    }
+}
+
+fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, CredentialError> {
+    std::fs::read(path).map_err(|source| CredentialError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn load(config: &CredentialConfig) -> Result<Credential, CredentialError> {
+    if let (Some(cert), Some(key)) = (&config.certificate_file, &config.key_file) {
+        let algorithm = match config.algorithm.as_deref() {
+            Some("RS256") => Algorithm::RS256,
+            _ => Algorithm::PS256,
+        };
+        return CertificateCredential::from_pem(&read(cert)?, &read(key)?, algorithm)
+            .map(|c| Credential::Certificate(Box::new(c)));
+    }
+    if let Some(path) = &config.secret_file {
+        let text = String::from_utf8(read(path)?)
+            .map_err(|_| CredentialError::Secret(format!("{} is not UTF-8", path.display())))?;
+        return Ok(Credential::Secret(Secret::new(
+            text.trim_end_matches(['\r', '\n']).to_owned(),
+        )));
+    }
+    if let Some(var) = &config.secret_env {
+        return std::env::var(var)
+            .map(|v| Credential::Secret(Secret::new(v)))
+            .map_err(|_| {
+                CredentialError::Secret(format!("environment variable {var} is not set"))
+            });
+    }
+    Err(CredentialError::Secret(
+        "the credential names neither a certificate nor a secret".into(),
+    ))
+}
+
+/// Every credential of a tenant, in the order they are tried: the `client_secret*` shorthand
+/// first, then each `[[tenant.credential]]`.
+pub fn tenant_credentials(tenant: &TenantConfig) -> Result<Vec<Credential>, CredentialError> {
+    let mut out = Vec::new();
+    if tenant.client_secret_file.is_some()
+        || tenant.client_secret_env.is_some()
+        || tenant.client_secret.is_some()
+    {
+        let secret = tenant
+            .resolve_secret()
+            .map_err(|e| CredentialError::Secret(e.to_string()))?;
+        out.push(Credential::Secret(secret));
+    }
+    for c in &tenant.credentials {
+        out.push(load(c)?);
+    }
+    Ok(out)
+}
