@@ -30,6 +30,22 @@ enum Command {
     Sim(SimArgs),
     /// Read a password (terminal, or one line of standard input) and print its argon2id hash.
     HashPassword,
+    /// Validate the configuration, get each tenant's token, optionally call EWS as a mailbox,
+    /// and explain what to fix. Exit code 0 only when everything works.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Configuration file.
+    #[arg(long, short = 'c', env = "EWS_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Make one harmless EWS call (GetFolder) as this mailbox through the real forward path.
+    #[arg(long)]
+    mailbox: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +111,7 @@ async fn main() -> Result<()> {
         Command::Demo(args) => run_demo(args).await,
         Command::Sim(args) => run_sim(args).await,
         Command::HashPassword => hash_password(),
+        Command::Check(args) => run_check(args).await,
     }
 }
 
@@ -162,6 +179,20 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await?;
     demo.stop().await;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_check(args: CheckArgs) -> Result<()> {
+    let report = ews_gateway::check::run(&args.config, args.mailbox.as_deref()).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", ews_gateway::check::human(&report));
+    }
+    if !report.ok {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -102,6 +102,86 @@ pub struct AccessToken {
     pub expires_at: Instant,
     /// When it was obtained.
     pub obtained_at: Instant,
+    /// What its claims say, read without trusting them.
+    pub findings: TokenFindings,
+}
+
+/// The claims of an access token as read (not validated: Exchange validates), and what they
+/// mean for EWS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TokenFindings {
+    /// Audience.
+    pub aud: Option<String>,
+    /// Tenant id.
+    pub tid: Option<String>,
+    /// App id.
+    pub appid: Option<String>,
+    /// "1" client secret, "2" certificate.
+    pub appidacr: Option<String>,
+    /// Application roles.
+    pub roles: Vec<String>,
+    /// Sentences for an operator; empty when everything looks right.
+    pub notes: Vec<String>,
+}
+
+/// Audiences an Exchange Online (or Exchange Server hybrid) token may carry.
+fn audience_matches_scope(aud: &str, scope: &str) -> bool {
+    let resource = scope.trim_end_matches("/.default").trim_end_matches('/');
+    aud.trim_end_matches('/').eq_ignore_ascii_case(resource)
+        || (resource.eq_ignore_ascii_case("https://outlook.office365.com")
+            && aud
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case("https://outlook.office.com"))
+}
+
+/// Reads a JWT's claims (no signature check) and explains what matters for EWS.
+pub fn inspect(token: &str, expected_scope: &str, expected_tenant: &str) -> TokenFindings {
+    use base64::Engine;
+    let mut f = TokenFindings::default();
+    let claims: Option<serde_json::Value> = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(c) = claims else {
+        f.notes.push("The access token is not a readable JWT; Exchange may still accept it (opaque tokens are possible on-premises).".to_owned());
+        return f;
+    };
+    let text = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    f.aud = text("aud");
+    f.tid = text("tid");
+    f.appid = text("appid").or_else(|| text("azp"));
+    f.appidacr = text("appidacr");
+    f.roles = c
+        .get("roles")
+        .and_then(|r| r.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(aud) = &f.aud
+        && !audience_matches_scope(aud, expected_scope)
+    {
+        f.notes.push(format!("The token's audience is {aud}, not the resource of the scope {expected_scope}: Exchange will answer 401 (2000003)."));
+    }
+    if let Some(tid) = &f.tid
+        && uuid::Uuid::parse_str(expected_tenant).is_ok()
+        && !tid.eq_ignore_ascii_case(expected_tenant)
+    {
+        f.notes.push(format!(
+            "The token was issued by tenant {tid}, not the configured {expected_tenant}."
+        ));
+    }
+    if !f.roles.iter().any(|r| r == "full_access_as_app") {
+        f.notes.push("The token carries no full_access_as_app role. That is right only if the app is authorised through RBAC for Applications (New-ManagementRoleAssignment -Role \"Application EWS.AccessAsApp\"); otherwise grant admin consent for the application permission full_access_as_app, or Exchange answers 401 (2000008).".to_owned());
+    }
+    f
 }
 
 impl AccessToken {
@@ -130,6 +210,10 @@ struct Failure {
 pub struct TenantTokens {
     /// Tenant id or domain, as configured.
     pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Scope requested.
+    pub scope: String,
     endpoint: Box<dyn TokenEndpoint>,
     refresh_margin: Duration,
     current: ArcSwapOption<AccessToken>,
@@ -194,11 +278,14 @@ impl TenantTokens {
             preferred: std::sync::atomic::AtomicUsize::new(0),
             scope: config.scope.clone(),
         };
-        Self::with_endpoint(
+        let mut tokens = Self::with_endpoint(
             &config.tenant_id,
             Box::new(endpoint),
             Duration::from_secs(config.refresh_before_expiry_seconds),
-        )
+        );
+        tokens.client_id = config.client_id.clone();
+        tokens.scope = config.scope.clone();
+        tokens
     }
 
     /// Token state around any token endpoint (tests use a fake one under paused time).
@@ -209,6 +296,8 @@ impl TenantTokens {
     ) -> Self {
         Self {
             tenant_id: tenant_id.to_owned(),
+            client_id: String::new(),
+            scope: "https://outlook.office365.com/.default".to_owned(),
             endpoint,
             refresh_margin,
             current: ArcSwapOption::empty(),
@@ -313,10 +402,15 @@ impl TenantTokens {
         self.acquisitions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let fetched = self.endpoint.fetch().await?;
+        let findings = inspect(&fetched.access_token, &self.scope, &self.tenant_id);
+        for note in &findings.notes {
+            tracing::warn!(tenant = %self.tenant_id, "{note}");
+        }
         Ok(AccessToken {
             value: Arc::from(fetched.access_token),
             expires_at: started + fetched.expires_in,
             obtained_at: started,
+            findings,
         })
     }
 }
@@ -515,6 +609,64 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        use base64::Engine;
+        let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            e(b"{\"alg\":\"RS256\"}"),
+            e(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn token_findings_explain_what_exchange_will_refuse() {
+        let scope = "https://outlook.office365.com/.default";
+        let tid = "5f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e";
+        let good = inspect(
+            &jwt(
+                serde_json::json!({"aud":"https://outlook.office365.com","tid":tid,"roles":["full_access_as_app"],"appidacr":"2"}),
+            ),
+            scope,
+            tid,
+        );
+        assert!(good.notes.is_empty(), "{:?}", good.notes);
+        assert_eq!(good.appidacr.as_deref(), Some("2"));
+        let no_roles = inspect(
+            &jwt(serde_json::json!({"aud":"https://outlook.office365.com","tid":tid})),
+            scope,
+            tid,
+        );
+        assert!(
+            no_roles
+                .notes
+                .iter()
+                .any(|n| n.contains("RBAC for Applications"))
+        );
+        let graph = inspect(
+            &jwt(
+                serde_json::json!({"aud":"https://graph.microsoft.com","tid":tid,"roles":["full_access_as_app"]}),
+            ),
+            scope,
+            tid,
+        );
+        assert!(graph.notes.iter().any(|n| n.contains("2000003")));
+        let other_tenant = inspect(
+            &jwt(
+                serde_json::json!({"aud":"https://outlook.office365.com","tid":"00000000-0000-0000-0000-000000000000","roles":["full_access_as_app"]}),
+            ),
+            scope,
+            tid,
+        );
+        assert!(
+            other_tenant
+                .notes
+                .iter()
+                .any(|n| n.contains("not the configured"))
+        );
+        assert!(!inspect("opaque", scope, tid).notes.is_empty());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
