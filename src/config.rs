@@ -94,7 +94,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// The EWS endpoint, e.g. `https://outlook.office365.com/EWS/Exchange.asmx`.
+    /// The EWS endpoint (default: Exchange Online, `https://outlook.office365.com/EWS/Exchange.asmx`).
+    #[serde(default = "default_ews_url")]
     pub ews_url: String,
     /// Extra CA certificates (PEM) to trust besides the system roots.
     #[serde(default)]
@@ -131,18 +132,92 @@ pub struct TenantConfig {
     /// certificates (preferred by Microsoft) and secrets.
     #[serde(default, rename = "credential")]
     pub credentials: Vec<CredentialConfig>,
-    /// Token authority, e.g. `https://login.microsoftonline.com`.
-    #[serde(default = "default_authority")]
-    pub authority: String,
+    /// Microsoft cloud: `global` (default), `gcc-high`, `dod` or `china`; sets the authority,
+    /// scope and EWS URL defaults.
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Token authority, e.g. `https://login.microsoftonline.com` (default: the cloud's).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// EWS endpoint for this tenant's mailboxes (default: the cloud's, or `upstream.ews_url` for
+    /// the global cloud). Set it with `scope` for Exchange Server with hybrid modern auth.
+    #[serde(default)]
+    pub ews_url: Option<String>,
     /// Scope requested, e.g. `https://outlook.office365.com/.default`.
-    #[serde(default = "default_scope")]
-    pub scope: String,
+    #[serde(default)]
+    pub scope: Option<String>,
     /// Extra CA certificates (PEM) for the token endpoint besides the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Refresh a token this many seconds before it expires.
     #[serde(default = "default_refresh_margin")]
     pub refresh_before_expiry_seconds: u64,
+}
+
+/// Microsoft clouds, with their token authority, Exchange resource and EWS URL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    /// Worldwide (and GCC).
+    #[default]
+    Global,
+    /// US Government GCC High.
+    GccHigh,
+    /// US Government DoD.
+    Dod,
+    /// China, operated by 21Vianet.
+    China,
+}
+
+impl Cloud {
+    /// Token authority host.
+    pub fn authority(self) -> &'static str {
+        match self {
+            Self::Global => "https://login.microsoftonline.com",
+            Self::GccHigh | Self::Dod => "https://login.microsoftonline.us",
+            Self::China => "https://login.partner.microsoftonline.cn",
+        }
+    }
+
+    /// Exchange Online resource (scope without `/.default`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Self::Global => "https://outlook.office365.com",
+            Self::GccHigh => "https://outlook.office365.us",
+            Self::Dod => "https://outlook-dod.office365.us",
+            Self::China => "https://partner.outlook.cn",
+        }
+    }
+
+    /// EWS endpoint.
+    pub fn ews_url(self) -> String {
+        format!("{}/EWS/Exchange.asmx", self.resource())
+    }
+}
+
+impl TenantConfig {
+    /// The token authority: explicit, else the cloud's.
+    pub fn authority(&self) -> String {
+        self.authority
+            .clone()
+            .unwrap_or_else(|| self.cloud.authority().to_owned())
+    }
+
+    /// The scope: explicit, else the cloud's Exchange resource with `/.default`.
+    pub fn scope(&self) -> String {
+        self.scope
+            .clone()
+            .unwrap_or_else(|| format!("{}/.default", self.cloud.resource()))
+    }
+
+    /// This tenant's EWS URL, when it differs from `upstream.ews_url`.
+    pub fn ews_url_override(&self) -> Option<String> {
+        match (&self.ews_url, self.cloud) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Cloud::Global) => None,
+            (None, cloud) => Some(cloud.ews_url()),
+        }
+    }
 }
 
 /// One client credential of a tenant's app: a certificate (key and certificate PEM) or a secret.
@@ -207,11 +282,8 @@ fn default_connect_timeout() -> u64 {
 fn default_response_timeout() -> u64 {
     120
 }
-fn default_authority() -> String {
-    "https://login.microsoftonline.com".to_owned()
-}
-fn default_scope() -> String {
-    "https://outlook.office365.com/.default".to_owned()
+fn default_ews_url() -> String {
+    Cloud::Global.ews_url()
 }
 fn default_refresh_margin() -> u64 {
     300
@@ -407,13 +479,18 @@ impl Config {
             {
                 problems.push(format!("{at}: environment variable {var} is not set"));
             }
-            if let Err(e) = url_parts(&t.authority) {
+            if let Err(e) = url_parts(&t.authority()) {
                 problems.push(format!("{at}: authority: {e}"));
             }
-            if !t.scope.ends_with("/.default") {
+            if let Some(url) = &t.ews_url
+                && let Err(e) = url_parts(url)
+            {
+                problems.push(format!("{at}: ews_url: {e}"));
+            }
+            if !t.scope().ends_with("/.default") {
                 problems.push(format!(
                     "{at}: scope {} must end with /.default (client-credentials grant)",
-                    t.scope
+                    t.scope()
                 ));
             }
             if several && t.domains.is_empty() {
@@ -512,8 +589,76 @@ client_secret = "x"
         let users = tempfile::NamedTempFile::new().unwrap();
         let c = Config::parse(&minimal(users.path()), "t").unwrap();
         c.validate().unwrap();
-        assert_eq!(c.tenants[0].scope, "https://outlook.office365.com/.default");
+        assert_eq!(
+            c.tenants[0].scope(),
+            "https://outlook.office365.com/.default"
+        );
+        assert_eq!(
+            c.tenants[0].authority(),
+            "https://login.microsoftonline.com"
+        );
+        assert_eq!(c.tenants[0].ews_url_override(), None);
         assert_eq!(c.limits.max_envelope_head_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn cloud_presets_set_authority_scope_and_ews_url() {
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let text = minimal(users.path()).replace(
+            "client_secret = \"x\"",
+            "client_secret = \"x\"\ncloud = \"gcc-high\"",
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        let t = &c.tenants[0];
+        assert_eq!(t.authority(), "https://login.microsoftonline.us");
+        assert_eq!(t.scope(), "https://outlook.office365.us/.default");
+        assert_eq!(
+            t.ews_url_override().as_deref(),
+            Some("https://outlook.office365.us/EWS/Exchange.asmx")
+        );
+        let dod = Config::parse(
+            &minimal(users.path()).replace(
+                "client_secret = \"x\"",
+                "client_secret = \"x\"\ncloud = \"dod\"",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            dod.tenants[0].scope(),
+            "https://outlook-dod.office365.us/.default"
+        );
+        let china = Config::parse(
+            &minimal(users.path()).replace(
+                "client_secret = \"x\"",
+                "client_secret = \"x\"\ncloud = \"china\"",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            china.tenants[0].authority(),
+            "https://login.partner.microsoftonline.cn"
+        );
+        let onprem = Config::parse(&minimal(users.path()).replace("client_secret = \"x\"", "client_secret = \"x\"\news_url = \"https://mail.contoso.example/EWS/Exchange.asmx\"\nscope = \"https://mail.contoso.example/.default\""), "t").unwrap();
+        assert_eq!(
+            onprem.tenants[0].ews_url_override().as_deref(),
+            Some("https://mail.contoso.example/EWS/Exchange.asmx")
+        );
+        assert_eq!(
+            onprem.tenants[0].scope(),
+            "https://mail.contoso.example/.default"
+        );
+        assert!(
+            Config::parse(
+                &minimal(users.path()).replace(
+                    "client_secret = \"x\"",
+                    "client_secret = \"x\"\ncloud = \"mars\""
+                ),
+                "t"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -214,6 +214,8 @@ pub struct TenantTokens {
     pub client_id: String,
     /// Scope requested.
     pub scope: String,
+    /// This tenant's EWS endpoint when it is not the gateway's default (other cloud, on-premises).
+    pub ews_url: Option<http::Uri>,
     endpoint: Box<dyn TokenEndpoint>,
     refresh_margin: Duration,
     current: ArcSwapOption<AccessToken>,
@@ -269,14 +271,15 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 impl TenantTokens {
     /// Token state for a configured tenant with its loaded credentials (tried in order).
     pub fn new(config: &TenantConfig, credentials: Vec<Credential>, http: reqwest::Client) -> Self {
-        let authority = config.authority.trim_end_matches('/');
+        let authority = config.authority();
+        let authority = authority.trim_end_matches('/');
         let endpoint = EntraEndpoint {
             http,
             token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
             client_id: config.client_id.clone(),
             credentials,
             preferred: std::sync::atomic::AtomicUsize::new(0),
-            scope: config.scope.clone(),
+            scope: config.scope(),
         };
         let mut tokens = Self::with_endpoint(
             &config.tenant_id,
@@ -284,7 +287,8 @@ impl TenantTokens {
             Duration::from_secs(config.refresh_before_expiry_seconds),
         );
         tokens.client_id = config.client_id.clone();
-        tokens.scope = config.scope.clone();
+        tokens.scope = config.scope();
+        tokens.ews_url = config.ews_url_override().and_then(|u| u.parse().ok());
         tokens
     }
 
@@ -298,6 +302,7 @@ impl TenantTokens {
             tenant_id: tenant_id.to_owned(),
             client_id: String::new(),
             scope: "https://outlook.office365.com/.default".to_owned(),
+            ews_url: None,
             endpoint,
             refresh_margin,
             current: ArcSwapOption::empty(),

@@ -214,8 +214,8 @@ impl EwsPassthrough {
         })
     }
 
-    fn url_for(&self, path: &str) -> Result<Uri, GatewayError> {
-        let mut parts = self.ews_url.clone().into_parts();
+    fn url_for(&self, base: &Uri, path: &str) -> Result<Uri, GatewayError> {
+        let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(path.parse().map_err(|_| GatewayError::NotFound)?);
         Uri::from_parts(parts).map_err(|_| GatewayError::NotFound)
     }
@@ -224,13 +224,14 @@ impl EwsPassthrough {
         &self,
         req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+        let target = req.uri().clone();
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(err)) => Err(GatewayError::Unavailable {
                 side: Side::Exchange,
                 message: format!(
                     "the EWS endpoint {} could not be reached ({})",
-                    self.ews_url,
+                    target,
                     crate::error::error_chain(&err)
                 ),
                 retry_after: Duration::from_secs(5),
@@ -239,7 +240,7 @@ impl EwsPassthrough {
                 side: Side::Exchange,
                 message: format!(
                     "the EWS endpoint {} did not answer within {} s",
-                    self.ews_url,
+                    target,
                     self.response_timeout.as_secs()
                 ),
                 retry_after: Duration::from_secs(5),
@@ -349,7 +350,10 @@ impl Upstream for EwsPassthrough {
         let body = limited_body(prefix.clone(), call.rest, self.max_body_bytes);
         // forward
         let mut req = self.build_request(
-            self.ews_url.clone(),
+            call.tenant
+                .ews_url
+                .clone()
+                .unwrap_or_else(|| self.ews_url.clone()),
             Method::POST,
             &call.headers,
             token.bearer(),
@@ -371,7 +375,10 @@ impl Upstream for EwsPassthrough {
         }
         let token = call.tenant.get().await?;
         let mut req = self.build_request(
-            self.ews_url.clone(),
+            call.tenant
+                .ews_url
+                .clone()
+                .unwrap_or_else(|| self.ews_url.clone()),
             Method::POST,
             &call.headers,
             token.bearer(),
@@ -391,7 +398,8 @@ impl Upstream for EwsPassthrough {
 
     async fn document(&self, call: DocumentCall) -> Result<UpstreamResponse, GatewayError> {
         let token = call.tenant.get().await?;
-        let uri = self.url_for(&call.path)?;
+        let base = call.tenant.ews_url.as_ref().unwrap_or(&self.ews_url);
+        let uri = self.url_for(base, &call.path)?;
         let req = self.build_request(
             uri,
             Method::GET,

@@ -267,7 +267,7 @@ async fn secret_in_basic_authorization_header_is_accepted() {
 #[tokio::test]
 async fn unknown_tenant_is_90002() {
     let h = sim().await;
-    for tenant in ["0f0e0d0c-0b0a-4909-8807-060504030201", "fabrikam.example"] {
+    for tenant in ["0f0e0d0c-0b0a-4909-8807-060504030201", "northwind.example"] {
         let a = post_form(
             &h.token_url(tenant),
             &secret_form(GATEWAY_APP, GATEWAY_SECRET),
