@@ -239,6 +239,16 @@ pub struct CredentialConfig {
     /// Client secret from an environment variable.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Azure managed identity: `imds` (VM, VM scale set, AKS node) or `app-service` (App
+    /// Service, Functions, Container Apps: `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
+    #[serde(default)]
+    pub managed_identity: Option<String>,
+    /// Client id of a user-assigned managed identity (system-assigned when absent).
+    #[serde(default)]
+    pub identity_client_id: Option<String>,
+    /// Identity endpoint URL (default: IMDS at 169.254.169.254, or `$IDENTITY_ENDPOINT`).
+    #[serde(default)]
+    pub identity_endpoint: Option<String>,
 }
 
 /// Resource limits.
@@ -424,10 +434,30 @@ impl Config {
             for (j, c) in t.credentials.iter().enumerate() {
                 let cert = c.certificate_file.is_some() || c.key_file.is_some();
                 let secret = c.secret_file.is_some() || c.secret_env.is_some();
-                if cert == secret {
+                let identity = c.managed_identity.is_some();
+                if [cert, secret, identity].iter().filter(|k| **k).count() != 1 {
                     problems.push(format!(
-                        "{at}: credential[{j}] must be either certificate_file + key_file or one of secret_file, secret_env"
+                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file, secret_file or secret_env, managed_identity"
                     ));
+                }
+                if let Some(kind) = &c.managed_identity
+                    && kind != "imds"
+                    && kind != "app-service"
+                {
+                    problems.push(format!(
+                        "{at}: credential[{j}] managed_identity {kind} must be imds or app-service"
+                    ));
+                }
+                if c.managed_identity.as_deref() == Some("app-service")
+                    && c.identity_endpoint.is_none()
+                    && std::env::var_os("IDENTITY_ENDPOINT").is_none()
+                {
+                    problems.push(format!("{at}: credential[{j}] app-service managed identity needs IDENTITY_ENDPOINT (or identity_endpoint)"));
+                }
+                if c.managed_identity.as_deref() == Some("app-service")
+                    && std::env::var_os("IDENTITY_HEADER").is_none()
+                {
+                    problems.push(format!("{at}: credential[{j}] app-service managed identity needs the IDENTITY_HEADER environment variable"));
                 }
                 if cert && (c.certificate_file.is_none() || c.key_file.is_none()) {
                     problems.push(format!(

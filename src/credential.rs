@@ -39,13 +39,30 @@ pub enum Credential {
     Secret(Secret),
     /// A certificate and its key.
     Certificate(Box<CertificateCredential>),
+    /// An Azure managed identity (no secret held by the gateway).
+    ManagedIdentity(ManagedIdentity),
 }
+
+/// Where an Azure managed identity's tokens come from.
+#[derive(Clone)]
+pub struct ManagedIdentity {
+    /// The identity endpoint URL.
+    pub endpoint: String,
+    /// `Some(header)` for App Service / Container Apps (`X-IDENTITY-HEADER`), `None` for IMDS.
+    pub identity_header: Option<Secret>,
+    /// Client id of a user-assigned identity.
+    pub client_id: Option<String>,
+}
+
+/// The Azure Instance Metadata Service token endpoint.
+pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Secret(_) => f.write_str("Credential::Secret(..)"),
             Self::Certificate(c) => write!(f, "Credential::Certificate({})", c.x5t_s256),
+            Self::ManagedIdentity(m) => write!(f, "Credential::ManagedIdentity({})", m.endpoint),
         }
     }
 }
@@ -164,6 +181,31 @@ fn load(config: &CredentialConfig) -> Result<Credential, CredentialError> {
         };
         return CertificateCredential::from_pem(&read(cert)?, &read(key)?, algorithm)
             .map(|c| Credential::Certificate(Box::new(c)));
+    }
+    if let Some(kind) = &config.managed_identity {
+        let (endpoint, identity_header) = if kind == "app-service" {
+            let endpoint = config
+                .identity_endpoint
+                .clone()
+                .or_else(|| std::env::var("IDENTITY_ENDPOINT").ok())
+                .ok_or_else(|| CredentialError::Secret("IDENTITY_ENDPOINT is not set".into()))?;
+            let header = std::env::var("IDENTITY_HEADER")
+                .map_err(|_| CredentialError::Secret("IDENTITY_HEADER is not set".into()))?;
+            (endpoint, Some(Secret::new(header)))
+        } else {
+            (
+                config
+                    .identity_endpoint
+                    .clone()
+                    .unwrap_or_else(|| IMDS_ENDPOINT.to_owned()),
+                None,
+            )
+        };
+        return Ok(Credential::ManagedIdentity(ManagedIdentity {
+            endpoint,
+            identity_header,
+            client_id: config.identity_client_id.clone(),
+        }));
     }
     if let Some(path) = &config.secret_file {
         let text = String::from_utf8(read(path)?)

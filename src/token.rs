@@ -420,6 +420,77 @@ impl TenantTokens {
     }
 }
 
+impl EntraEndpoint {
+    /// A token from Azure's managed identity endpoint (IMDS or App Service): a GET with the
+    /// resource, answered with `expires_in` or `expires_on` as strings.
+    async fn managed_identity(
+        &self,
+        identity: &crate::credential::ManagedIdentity,
+    ) -> Result<FetchedToken, TokenError> {
+        let resource = self.scope.trim_end_matches("/.default");
+        let mut query = vec![("resource", resource)];
+        query.push(match identity.identity_header {
+            Some(_) => ("api-version", "2019-08-01"),
+            None => ("api-version", "2018-02-01"),
+        });
+        if let Some(id) = &identity.client_id {
+            query.push(("client_id", id.as_str()));
+        }
+        let encoded = serde_urlencoded::to_string(&query)
+            .map_err(|e| TokenError::BadResponse(e.to_string()))?;
+        let mut req = self.http.get(format!("{}?{encoded}", identity.endpoint));
+        req = match &identity.identity_header {
+            Some(header) => req.header("X-IDENTITY-HEADER", header.expose()),
+            None => req.header("Metadata", "true"),
+        };
+        let unreachable = |e: reqwest::Error| TokenError::Unreachable {
+            url: identity.endpoint.clone(),
+            reason: crate::error::error_chain(&e),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let value: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| TokenError::BadResponse(format!("managed identity endpoint: {e}")))?;
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(TokenError::Unavailable {
+                status: status.as_u16(),
+            });
+        }
+        let text = |k: &str| {
+            value.get(k).and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            })
+        };
+        if !status.is_success() {
+            return Err(TokenError::Rejected {
+                error: text("error").unwrap_or_else(|| "managed_identity_error".to_owned()),
+                code: 0,
+                description: text("error_description").unwrap_or_default(),
+            });
+        }
+        let access_token = text("access_token")
+            .ok_or_else(|| TokenError::BadResponse("no access_token".into()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let expires_in = match (text("expires_in"), text("expires_on")) {
+            (Some(s), _) => s.parse::<u64>().ok(),
+            (None, Some(on)) => on.parse::<u64>().ok().map(|on| on.saturating_sub(now)),
+            _ => None,
+        }
+        .ok_or_else(|| TokenError::BadResponse("no expires_in or expires_on".into()))?;
+        Ok(FetchedToken {
+            access_token,
+            expires_in: Duration::from_secs(expires_in),
+        })
+    }
+}
+
 /// A token as a token endpoint returned it.
 pub struct FetchedToken {
     /// The bearer value.
@@ -498,6 +569,9 @@ impl EntraEndpoint {
     }
 
     async fn request(&self, credential: &Credential) -> Result<FetchedToken, TokenError> {
+        if let Credential::ManagedIdentity(identity) = credential {
+            return self.managed_identity(identity).await;
+        }
         let assertion;
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -506,6 +580,7 @@ impl EntraEndpoint {
         ];
         match credential {
             Credential::Secret(secret) => form.push(("client_secret", secret.expose())),
+            Credential::ManagedIdentity(_) => {}
             Credential::Certificate(cert) => {
                 assertion = cert
                     .assertion(&self.client_id, &self.token_url)

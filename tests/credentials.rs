@@ -228,3 +228,154 @@ async fn unusable_certificates_are_refused_at_start_with_the_reason() {
     .unwrap_err();
     assert!(err.to_string().contains("not RSA"), "{err}");
 }
+
+const MANAGED_IDENTITY_APP: &str = "66666666-2222-4333-8444-555555555555";
+
+#[tokio::test]
+async fn imds_managed_identity_carries_requests() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("{}/metadata/identity/oauth2/token", sim.base_url());
+    let gw = gateway_with(&sim, dir.path(), |t| {
+        t.client_id = MANAGED_IDENTITY_APP.into();
+        t.credentials.push(CredentialConfig {
+            managed_identity: Some("imds".into()),
+            identity_endpoint: Some(endpoint),
+            ..Default::default()
+        });
+    })
+    .await
+    .unwrap();
+    let reply = post(
+        &gw.ews_url(),
+        Some(ALICE),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let identity_call = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/metadata/"))
+        .unwrap();
+    assert_eq!(identity_call.method, "GET");
+    assert_eq!(identity_call.header("metadata"), Some("true"));
+    assert!(
+        identity_call
+            .path
+            .contains("resource=https%3A%2F%2Foutlook.office365.com"),
+        "{}",
+        identity_call.path
+    );
+    assert_eq!(bearer_claims(&sim)["appid"], MANAGED_IDENTITY_APP);
+}
+
+#[tokio::test]
+async fn simulated_identity_endpoints_enforce_their_headers() {
+    let sim = start_sim().await;
+    let http = reqwest::Client::new();
+    let imds = http
+        .get(format!("{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://outlook.office365.com", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imds.status().as_u16(), 400);
+    assert!(
+        imds.text()
+            .await
+            .unwrap()
+            .contains("Required metadata header not specified")
+    );
+    let app_service = http
+        .get(format!(
+            "{}/msi/token?api-version=2019-08-01&resource=https://outlook.office365.com",
+            sim.base_url()
+        ))
+        .header("X-IDENTITY-HEADER", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app_service.status().as_u16(), 401);
+    let ok = http
+        .get(format!(
+            "{}/msi/token?api-version=2019-08-01&resource=https://outlook.office365.com",
+            sim.base_url()
+        ))
+        .header(
+            "X-IDENTITY-HEADER",
+            sim.state.config.identity_header.as_str(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert!(body["access_token"].as_str().is_some());
+    assert!(body["expires_on"].as_str().unwrap().parse::<u64>().is_ok());
+}
+
+#[tokio::test]
+async fn app_service_managed_identity_through_the_real_binary() {
+    use std::io::{BufRead, BufReader};
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(
+        dir.path(),
+        "users.toml",
+        &ews_gateway::demo::demo_users_toml().unwrap(),
+    );
+    let config = write(
+        dir.path(),
+        "gw.toml",
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[auth]\nusers_file = \"{}\"\n[upstream]\news_url = \"{}\"\n[[tenant]]\ntenant_id = \"contoso.example\"\nclient_id = \"{MANAGED_IDENTITY_APP}\"\nauthority = \"{}\"\n[[tenant.credential]]\nmanaged_identity = \"app-service\"\n",
+            users.display(),
+            sim.ews_url(),
+            sim.authority_url()
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("IDENTITY_ENDPOINT", format!("{}/msi/token", sim.base_url()))
+        .env("IDENTITY_HEADER", sim.state.config.identity_header.as_str())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("gateway did not start");
+    let reply = post(
+        &format!("http://{addr}/EWS/Exchange.asmx"),
+        Some(ALICE),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let identity_call = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/msi/"))
+        .unwrap();
+    assert_eq!(
+        identity_call.header("x-identity-header"),
+        Some(sim.state.config.identity_header.as_str())
+    );
+    assert_eq!(bearer_claims(&sim)["appid"], MANAGED_IDENTITY_APP);
+}

@@ -72,6 +72,10 @@ pub struct App {
     /// (exact addresses or `*@domain`). `None` means no RBAC assignment.
     #[serde(default)]
     pub rbac_scope: Option<Vec<String>>,
+    /// This service principal is an Azure managed identity: the simulated IMDS and App Service
+    /// identity endpoints issue its tokens.
+    #[serde(default)]
+    pub managed_identity: bool,
 }
 
 /// A client secret.

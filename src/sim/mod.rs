@@ -10,6 +10,7 @@ pub mod directory;
 pub mod entra;
 pub mod ews;
 pub mod faults;
+pub mod identity;
 pub mod mailbox;
 pub mod ops;
 pub mod tokens;
@@ -53,6 +54,8 @@ pub struct SimConfig {
     pub streaming_heartbeat: Duration,
     /// Faults injected from the start.
     pub faults: Faults,
+    /// The `X-IDENTITY-HEADER` value the App Service identity endpoint requires.
+    pub identity_header: String,
 }
 
 impl SimConfig {
@@ -73,6 +76,7 @@ impl SimConfig {
             log_body_limit: 4 * 1024 * 1024,
             streaming_heartbeat: Duration::from_secs(45),
             faults: Faults::default(),
+            identity_header: "sim-identity-header-0001".to_owned(),
         }
     }
 }
@@ -431,6 +435,8 @@ async fn dispatch(state: &Arc<SimState>, req: SimRequest) -> Response<Body> {
             let tenant = (*tenant).to_owned();
             entra::handle_token(state, &tenant, entra::TokenApi::V1, req).await
         }
+        ["metadata", "identity", "oauth2", "token"] => identity::imds(state, &req).await,
+        ["msi", "token"] => identity::app_service(state, &req).await,
         [_, "discovery", "keys"] | [_, "discovery", "v2.0", "keys"] => respond(
             StatusCode::OK,
             "application/json; charset=utf-8",
