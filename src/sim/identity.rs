@@ -2,6 +2,9 @@
 //! App Service / Container Apps identity endpoint. Both issue app-only tokens for the tenant's
 //! managed-identity service principal, with Azure's request rules and response shapes.
 
+// Early answers are whole responses; the simulator is not a hot path worth boxing them for.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use http::{Method, Response, StatusCode};
