@@ -249,6 +249,11 @@ pub struct CredentialConfig {
     /// Identity endpoint URL (default: IMDS at 169.254.169.254, or `$IDENTITY_ENDPOINT`).
     #[serde(default)]
     pub identity_endpoint: Option<String>,
+    /// Workload identity federation: a file holding an external token (e.g. the Kubernetes
+    /// service account token AKS projects at `/var/run/secrets/azure/tokens/azure-identity-token`),
+    /// re-read for every token request and presented as the client assertion.
+    #[serde(default)]
+    pub federated_token_file: Option<PathBuf>,
 }
 
 /// Resource limits.
@@ -435,9 +440,15 @@ impl Config {
                 let cert = c.certificate_file.is_some() || c.key_file.is_some();
                 let secret = c.secret_file.is_some() || c.secret_env.is_some();
                 let identity = c.managed_identity.is_some();
-                if [cert, secret, identity].iter().filter(|k| **k).count() != 1 {
+                let federated = c.federated_token_file.is_some();
+                if [cert, secret, identity, federated]
+                    .iter()
+                    .filter(|k| **k)
+                    .count()
+                    != 1
+                {
                     problems.push(format!(
-                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file, secret_file or secret_env, managed_identity"
+                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file, secret_file or secret_env, managed_identity, federated_token_file"
                     ));
                 }
                 if let Some(kind) = &c.managed_identity

@@ -41,6 +41,8 @@ pub enum Credential {
     Certificate(Box<CertificateCredential>),
     /// An Azure managed identity (no secret held by the gateway).
     ManagedIdentity(ManagedIdentity),
+    /// Workload identity federation: the file with the external token to present.
+    Federated(std::path::PathBuf),
 }
 
 /// Where an Azure managed identity's tokens come from.
@@ -63,6 +65,7 @@ impl std::fmt::Debug for Credential {
             Self::Secret(_) => f.write_str("Credential::Secret(..)"),
             Self::Certificate(c) => write!(f, "Credential::Certificate({})", c.x5t_s256),
             Self::ManagedIdentity(m) => write!(f, "Credential::ManagedIdentity({})", m.endpoint),
+            Self::Federated(p) => write!(f, "Credential::Federated({})", p.display()),
         }
     }
 }
@@ -181,6 +184,9 @@ fn load(config: &CredentialConfig) -> Result<Credential, CredentialError> {
         };
         return CertificateCredential::from_pem(&read(cert)?, &read(key)?, algorithm)
             .map(|c| Credential::Certificate(Box::new(c)));
+    }
+    if let Some(path) = &config.federated_token_file {
+        return Ok(Credential::Federated(path.clone()));
     }
     if let Some(kind) = &config.managed_identity {
         let (endpoint, identity_header) = if kind == "app-service" {

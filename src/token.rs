@@ -573,6 +573,7 @@ impl EntraEndpoint {
             return self.managed_identity(identity).await;
         }
         let assertion;
+        let federated;
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
@@ -581,6 +582,17 @@ impl EntraEndpoint {
         match credential {
             Credential::Secret(secret) => form.push(("client_secret", secret.expose())),
             Credential::ManagedIdentity(_) => {}
+            Credential::Federated(path) => {
+                // Re-read every time: the platform rotates the file.
+                federated = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    TokenError::BadResponse(format!("federated token file {}: {e}", path.display()))
+                })?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", federated.trim()));
+            }
             Credential::Certificate(cert) => {
                 assertion = cert
                     .assertion(&self.client_id, &self.token_url)

@@ -379,3 +379,85 @@ async fn app_service_managed_identity_through_the_real_binary() {
     );
     assert_eq!(bearer_claims(&sim)["appid"], MANAGED_IDENTITY_APP);
 }
+
+const FEDERATED_APP: &str = "88888888-2222-4333-8444-555555555555";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:ews-gateway:ews-gateway";
+
+#[tokio::test]
+async fn workload_identity_federation_presents_the_token_file_and_rereads_it() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write(
+        dir.path(),
+        "azure-identity-token",
+        &sim.federation_token(SERVICE_ACCOUNT),
+    );
+    let file = token_file.clone();
+    let gw = gateway_with(&sim, dir.path(), |t| {
+        t.client_id = FEDERATED_APP.into();
+        t.credentials.push(CredentialConfig {
+            federated_token_file: Some(file),
+            ..Default::default()
+        });
+    })
+    .await
+    .unwrap();
+    let reply = post(
+        &gw.ews_url(),
+        Some(ALICE),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = &token_bodies(&sim)[0];
+    let presented = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        body.contains(&format!("client_assertion={presented}")),
+        "the file's token is the assertion"
+    );
+    assert_eq!(bearer_claims(&sim)["appid"], FEDERATED_APP);
+}
+
+#[tokio::test]
+async fn a_federated_token_for_another_subject_is_refused_with_70021() {
+    let sim = start_sim().await;
+    let form = [
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_id", FEDERATED_APP.to_owned()),
+        ("scope", "https://outlook.office365.com/.default".to_owned()),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+        ),
+        (
+            "client_assertion",
+            sim.federation_token("system:serviceaccount:other:intruder"),
+        ),
+    ];
+    let resp = reqwest::Client::new()
+        .post(sim.token_url("contoso.example"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error_codes"][0], 70021);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("No matching federated identity record")
+    );
+    // A token signed by another issuer key does not verify either.
+    let other = start_sim().await;
+    let mut forged = form.clone();
+    forged[4].1 = other.federation_token(SERVICE_ACCOUNT);
+    let resp = reqwest::Client::new()
+        .post(sim.token_url("contoso.example"))
+        .form(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}

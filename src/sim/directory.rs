@@ -76,6 +76,27 @@ pub struct App {
     /// identity endpoints issue its tokens.
     #[serde(default)]
     pub managed_identity: bool,
+    /// Federated identity credentials (workload identity federation): assertions from these
+    /// external issuers and subjects are accepted in place of a secret or certificate.
+    #[serde(default, rename = "federated")]
+    pub federated_credentials: Vec<FederatedCredential>,
+}
+
+/// A federated identity credential on an app registration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedCredential {
+    /// The external issuer (e.g. a Kubernetes cluster's OIDC issuer URL).
+    pub issuer: String,
+    /// The subject (e.g. `system:serviceaccount:NAMESPACE:NAME`).
+    pub subject: String,
+    /// The audience the external token must carry.
+    #[serde(default = "default_federated_audience")]
+    pub audience: String,
+}
+
+fn default_federated_audience() -> String {
+    "api://AzureADTokenExchange".to_owned()
 }
 
 /// A client secret.

@@ -247,7 +247,11 @@ fn issue(
             if kind != JWT_BEARER {
                 return Err(neither_credential());
             }
-            verify_assertion(state, tenant, app, assertion, now)?;
+            if is_federated(app, assertion) {
+                verify_federated(state, app, assertion)?;
+            } else {
+                verify_assertion(state, tenant, app, assertion, now)?;
+            }
             ClientAuth::Certificate
         } else {
             let secret = match (&basic, form.get("client_secret")) {
@@ -546,6 +550,60 @@ fn iso_date(unix: i64) -> String {
 }
 
 /// Checks a client assertion (reference D4) and records its `jti`.
+/// Whether an assertion comes from an external issuer the app federates with (workload
+/// identity federation) rather than from the app's own certificate.
+fn is_federated(app: &App, assertion: &str) -> bool {
+    let issuer = assertion
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(str::to_owned));
+    issuer.is_some_and(|iss| {
+        iss != app.client_id && app.federated_credentials.iter().any(|f| f.issuer == iss)
+    })
+}
+
+/// Checks an external assertion against the app's federated identity credentials.
+fn verify_federated(state: &SimState, app: &App, assertion: &str) -> Result<(), Failure> {
+    let claims = state.federation.verify(assertion).ok_or_else(|| {
+        Failure::assertion(
+            "The federated assertion's signature or lifetime is invalid for its issuer.",
+        )
+    })?;
+    let text = |k: &str| {
+        claims
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (iss, sub) = (text("iss"), text("sub"));
+    let audiences: Vec<String> = match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let matching = app
+        .federated_credentials
+        .iter()
+        .any(|f| f.issuer == iss && f.subject == sub && audiences.contains(&f.audience));
+    if !matching {
+        return Err(Failure::new(
+            "invalid_client",
+            70_021,
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{}'.",
+                audiences.join(",")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn verify_assertion(
     state: &SimState,
     tenant: &Tenant,

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod entra;
 pub mod ews;
 pub mod faults;
+pub mod federation;
 pub mod identity;
 pub mod mailbox;
 pub mod ops;
@@ -180,6 +181,8 @@ pub struct SimState {
     pub base_url: String,
     /// Bearer tokens Exchange refuses from now on (as after a revocation or key rollover).
     pub revoked_tokens: Mutex<std::collections::HashSet<String>>,
+    /// The emulated Kubernetes OIDC issuer for workload identity federation.
+    pub federation: federation::FederationIssuer,
 }
 
 impl SimState {
@@ -259,6 +262,14 @@ impl SimHandle {
         }
     }
 
+    /// A service account token from the emulated cluster issuer (workload identity federation).
+    pub fn federation_token(&self, subject: &str) -> String {
+        self.state
+            .federation
+            .token(subject, "api://AzureADTokenExchange")
+            .unwrap_or_default()
+    }
+
     /// Makes EWS refuse `bearer` from now on (401 `invalid_token`).
     pub fn revoke_token(&self, bearer: &str) {
         if let Ok(mut revoked) = self.state.revoked_tokens.lock() {
@@ -306,6 +317,8 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         base_url,
         config,
         revoked_tokens: Mutex::new(std::collections::HashSet::new()),
+        federation: federation::FederationIssuer::new()
+            .map_err(|e| SimError::Keys(e.to_string()))?,
     });
     let shutdown = CancellationToken::new();
     let handler_state = Arc::clone(&state);
@@ -427,6 +440,25 @@ async fn dispatch(state: &Arc<SimState>, req: SimRequest) -> Response<Body> {
         ["_sim", "requests"] => admin_requests(state, &req),
         ["_sim", "faults"] => admin_faults(state, &req),
         ["_sim", "health"] => respond(StatusCode::OK, "text/plain", "ok"),
+        ["_sim", "federation", "token"] => {
+            let params: Vec<(String, String)> = req
+                .query
+                .as_deref()
+                .and_then(|q| serde_urlencoded::from_str(q).ok())
+                .unwrap_or_default();
+            let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let subject = get("subject").unwrap_or_default();
+            let audience =
+                get("audience").unwrap_or_else(|| "api://AzureADTokenExchange".to_owned());
+            match state.federation.token(&subject, &audience) {
+                Ok(token) => respond(StatusCode::OK, "application/jwt", token),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            }
+        }
         [tenant, "oauth2", "v2.0", "token"] => {
             let tenant = (*tenant).to_owned();
             entra::handle_token(state, &tenant, entra::TokenApi::V2, req).await
