@@ -230,6 +230,12 @@ pub struct CredentialConfig {
     /// Its private key (PEM, PKCS#8 or PKCS#1; RSA of at least 2048 bits).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Certificate and key in one PKCS#12 (`.pfx`) file, instead of certificate_file + key_file.
+    #[serde(default)]
+    pub pkcs12_file: Option<PathBuf>,
+    /// Environment variable holding the PKCS#12 password (empty password when absent).
+    #[serde(default)]
+    pub pkcs12_password_env: Option<String>,
     /// Client assertion algorithm: `PS256` (with `x5t#S256`, the default) or `RS256` (with `x5t`).
     #[serde(default)]
     pub algorithm: Option<String>,
@@ -437,7 +443,13 @@ impl Config {
                 ));
             }
             for (j, c) in t.credentials.iter().enumerate() {
-                let cert = c.certificate_file.is_some() || c.key_file.is_some();
+                let pem = c.certificate_file.is_some() || c.key_file.is_some();
+                let cert = pem || c.pkcs12_file.is_some();
+                if pem && c.pkcs12_file.is_some() {
+                    problems.push(format!(
+                        "{at}: credential[{j}] sets both PEM files and pkcs12_file"
+                    ));
+                }
                 let secret = c.secret_file.is_some() || c.secret_env.is_some();
                 let identity = c.managed_identity.is_some();
                 let federated = c.federated_token_file.is_some();
@@ -448,7 +460,7 @@ impl Config {
                     != 1
                 {
                     problems.push(format!(
-                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file, secret_file or secret_env, managed_identity, federated_token_file"
+                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file or pkcs12_file, secret_file or secret_env, managed_identity, federated_token_file"
                     ));
                 }
                 if let Some(kind) = &c.managed_identity
@@ -470,7 +482,7 @@ impl Config {
                 {
                     problems.push(format!("{at}: credential[{j}] app-service managed identity needs the IDENTITY_HEADER environment variable"));
                 }
-                if cert && (c.certificate_file.is_none() || c.key_file.is_none()) {
+                if pem && (c.certificate_file.is_none() || c.key_file.is_none()) {
                     problems.push(format!(
                         "{at}: credential[{j}] needs both certificate_file and key_file"
                     ));

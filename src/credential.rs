@@ -137,6 +137,37 @@ impl CertificateCredential {
         Ok(credential)
     }
 
+    /// Loads the first key and its certificate from a PKCS#12 (`.pfx`) archive.
+    pub fn from_pkcs12(
+        data: &[u8],
+        password: &str,
+        algorithm: Algorithm,
+    ) -> Result<Self, CredentialError> {
+        use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
+        let store =
+            KeyStore::from_pkcs12(data, password, Pkcs12ImportPolicy::Strict).map_err(|e| {
+                CredentialError::Invalid(format!("the PKCS#12 file cannot be opened: {e}"))
+            })?;
+        let chain = store
+            .entries()
+            .find_map(|(_, entry)| match entry {
+                KeyStoreEntry::PrivateKeyChain(chain) => Some(chain.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                CredentialError::Invalid(
+                    "the PKCS#12 file holds no private key with a certificate".into(),
+                )
+            })?;
+        let cert = chain
+            .certs()
+            .first()
+            .ok_or_else(|| CredentialError::Invalid("the PKCS#12 key has no certificate".into()))?;
+        let cert_pem = pem_block("CERTIFICATE", cert.as_der());
+        let key_pem = pem_block("PRIVATE KEY", chain.key().as_der());
+        Self::from_pem(cert_pem.as_bytes(), key_pem.as_bytes(), algorithm)
+    }
+
     /// A client assertion for `client_id` at the token endpoint `audience`.
     pub fn assertion(&self, client_id: &str, audience: &str) -> Result<String, CredentialError> {
         let now = std::time::SystemTime::now()
@@ -164,6 +195,17 @@ impl CertificateCredential {
     }
 }
 
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 fn strip_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[first..]
@@ -177,11 +219,21 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, CredentialError> {
 }
 
 fn load(config: &CredentialConfig) -> Result<Credential, CredentialError> {
-    if let (Some(cert), Some(key)) = (&config.certificate_file, &config.key_file) {
-        let algorithm = match config.algorithm.as_deref() {
-            Some("RS256") => Algorithm::RS256,
-            _ => Algorithm::PS256,
+    let algorithm = match config.algorithm.as_deref() {
+        Some("RS256") => Algorithm::RS256,
+        _ => Algorithm::PS256,
+    };
+    if let Some(path) = &config.pkcs12_file {
+        let password = match &config.pkcs12_password_env {
+            Some(var) => std::env::var(var).map_err(|_| {
+                CredentialError::Secret(format!("environment variable {var} is not set"))
+            })?,
+            None => String::new(),
         };
+        return CertificateCredential::from_pkcs12(&read(path)?, &password, algorithm)
+            .map(|c| Credential::Certificate(Box::new(c)));
+    }
+    if let (Some(cert), Some(key)) = (&config.certificate_file, &config.key_file) {
         return CertificateCredential::from_pem(&read(cert)?, &read(key)?, algorithm)
             .map(|c| Credential::Certificate(Box::new(c)));
     }

@@ -461,3 +461,50 @@ async fn a_federated_token_for_another_subject_is_refused_with_70021() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn pkcs12_certificate_credential_carries_requests() {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ews-gateway pfx test");
+    let cert = params.self_signed(&key).unwrap();
+    register(
+        &sim,
+        &Cert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+    );
+    let chain = PrivateKeyChain::new(
+        vec![1u8; 20],
+        PrivateKey::from_der(&key.serialize_der()).unwrap(),
+        [Certificate::from_der(cert.der()).unwrap()],
+    );
+    let mut store = KeyStore::new();
+    store.add_entry("ews-gateway", KeyStoreEntry::PrivateKeyChain(chain));
+    // No password: tests cannot set environment variables in-process (edition 2024).
+    let pfx = store.writer("").write().unwrap();
+    let path = dir.path().join("app.pfx");
+    std::fs::write(&path, pfx).unwrap();
+    let gw = gateway_with(&sim, dir.path(), |t| {
+        t.credentials.push(CredentialConfig {
+            pkcs12_file: Some(path),
+            ..Default::default()
+        });
+    })
+    .await
+    .unwrap();
+    let reply = post(
+        &gw.ews_url(),
+        Some(ALICE),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(bearer_claims(&sim)["appidacr"], "2");
+}
