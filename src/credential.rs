@@ -302,3 +302,48 @@ pub fn tenant_credentials(tenant: &TenantConfig) -> Result<Vec<Credential>, Cred
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/fixtures/credentials/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn pkcs8_and_pkcs1_keys_load_and_sign() {
+        let cert = fixture("rsa2048.crt");
+        for key in ["rsa2048.pkcs8.key", "rsa2048.pkcs1.key"] {
+            let c =
+                CertificateCredential::from_pem(&cert, &fixture(key), Algorithm::PS256).unwrap();
+            let jwt = c
+                .assertion("client", "https://login.example/token")
+                .unwrap();
+            let header = jsonwebtoken::decode_header(&jwt).unwrap();
+            assert_eq!(header.alg, Algorithm::PS256);
+            assert_eq!(header.x5t_s256.as_deref(), Some(c.x5t_s256.as_str()));
+        }
+        let rs =
+            CertificateCredential::from_pem(&cert, &fixture("rsa2048.pkcs1.key"), Algorithm::RS256)
+                .unwrap();
+        let header = jsonwebtoken::decode_header(&rs.assertion("c", "a").unwrap()).unwrap();
+        assert_eq!(header.x5t.as_deref(), Some(rs.x5t.as_str()));
+    }
+
+    #[test]
+    fn keys_under_2048_bits_are_refused() {
+        let err = CertificateCredential::from_pem(
+            &fixture("rsa1024.crt"),
+            &fixture("rsa1024.key"),
+            Algorithm::PS256,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("at least 2048"), "{err}");
+    }
+}
