@@ -331,7 +331,7 @@ mod tests {
         let rs =
             CertificateCredential::from_pem(&cert, &fixture("rsa2048.pkcs1.key"), Algorithm::RS256)
                 .unwrap();
-        let header = jsonwebtoken::decode_header(&rs.assertion("c", "a").unwrap()).unwrap();
+        let header = jsonwebtoken::decode_header(rs.assertion("c", "a").unwrap()).unwrap();
         assert_eq!(header.x5t.as_deref(), Some(rs.x5t.as_str()));
     }
 
