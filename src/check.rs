@@ -148,11 +148,19 @@ const FIXES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The fix for a failure text, if it carries a known signature.
+/// The fix for a failure text, if it carries a known signature. A numeric code must not run on
+/// into more digits (AADSTS90002 is not AADSTS900023).
 pub fn fix_for(text: &str) -> Option<String> {
     FIXES
         .iter()
-        .find(|(needle, _)| text.contains(needle))
+        .find(|(needle, _)| {
+            text.match_indices(needle).any(|(at, _)| {
+                !text[at + needle.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+            })
+        })
         .map(|(_, fix)| (*fix).to_owned())
 }
 
@@ -403,6 +411,39 @@ mod tests {
                 .contains("allow-list")
         );
         assert!(fix_for("something new").is_none());
+    }
+
+    #[test]
+    fn every_documented_signature_has_its_own_fix() {
+        let signatures = [
+            "AADSTS7000215",
+            "AADSTS7000222",
+            "AADSTS700016",
+            "AADSTS90002",
+            "AADSTS900023",
+            "AADSTS700027",
+            "AADSTS700024",
+            "AADSTS1002012",
+            "AADSTS70011",
+            "AADSTS500011",
+            "2000008",
+            "2000003",
+            "2000010",
+            "2000001",
+            "EWSAllowedAppIDs",
+            "RBAC for Applications",
+            "ErrorNonExistentMailbox",
+            "ErrorInvalidExchangeImpersonationHeaderData",
+        ];
+        let mut fixes = std::collections::HashSet::new();
+        for sig in signatures {
+            let fix =
+                fix_for(&format!("... {sig} ...")).unwrap_or_else(|| panic!("no fix for {sig}"));
+            assert!(
+                fixes.insert(fix),
+                "{sig} shares its fix with another signature"
+            );
+        }
     }
 
     #[test]

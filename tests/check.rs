@@ -209,3 +209,27 @@ async fn the_rbac_only_token_is_explained_not_failed() {
     assert!(run.ok_exit, "{}", run.text);
     assert!(run.text.contains("RBAC for Applications"), "{}", run.text);
 }
+
+#[tokio::test]
+async fn a_certificate_only_organisation_is_explained() {
+    let sim = start_sim().await;
+    sim.set_faults(sim::faults::Faults {
+        ews_require_certificate_auth: true,
+        ..Default::default()
+    });
+    let run = check(
+        &sim,
+        GW,
+        GW_SECRET,
+        "contoso.example",
+        Some("alice@contoso.example"),
+    )
+    .await;
+    assert!(!run.ok_exit);
+    assert!(run.text.contains("2000010"), "{}", run.text);
+    assert!(
+        run.text.contains("use a certificate credential"),
+        "{}",
+        run.text
+    );
+}

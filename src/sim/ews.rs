@@ -272,6 +272,11 @@ pub fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<Caller, Res
     let app = tenant.app(&claims.appid).cloned().ok_or_else(|| {
         challenge(Some("2000001;reason=\"The token's application is not registered in the tenant.\";error_category=\"invalid_token\""))
     })?;
+    if state.faults().ews_require_certificate_auth && claims.appidacr != "2" {
+        return Err(challenge(Some(
+            "2000010;reason=\"The access token is acquired using an authentication method that is too weak to allow access for this application. Presented auth strength was 1, required is 2.\";error_category=\"insufficient_auth_strength\"",
+        )));
+    }
     let granted =
         claims.roles.iter().any(|r| r == "full_access_as_app") || app.rbac_scope.is_some();
     if !granted {

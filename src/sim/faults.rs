@@ -20,4 +20,7 @@ pub struct Faults {
     pub token_unavailable: bool,
     /// Added latency before every token endpoint answer, in milliseconds.
     pub token_latency_ms: u64,
+    /// EWS refuses tokens obtained with a client secret (401 `2000010`), as organisations that
+    /// require certificate credentials do.
+    pub ews_require_certificate_auth: bool,
 }
