@@ -391,7 +391,7 @@ impl TenantTokens {
             }
             Err(error) => {
                 let streak = failure.as_ref().map_or(0, |f| f.streak) + 1;
-                let backoff = backoff_for(streak);
+                let backoff = with_jitter(backoff_for(streak), rand::random::<f64>());
                 tracing::warn!(tenant = %self.tenant_id, error = %error, backoff = ?backoff, "token request failed");
                 *failure = Some(Failure {
                     error: error.clone(),
@@ -664,6 +664,12 @@ fn backoff_for(streak: u32) -> Duration {
     Duration::from_secs(secs.min(30))
 }
 
+/// Spreads a back-off over 75–100 % of its length (`unit` in [0, 1)), so that replicas that
+/// failed together do not all retry Entra in the same instant.
+fn with_jitter(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.75 + 0.25 * unit.clamp(0.0, 1.0))
+}
+
 /// All tenants' token state, and which tenant serves which mailbox.
 #[derive(Debug)]
 pub struct TokenSource {
@@ -766,6 +772,18 @@ mod tests {
         assert_eq!(backoff_for(2), Duration::from_secs(2));
         assert_eq!(backoff_for(5), Duration::from_secs(16));
         assert_eq!(backoff_for(40), Duration::from_secs(30));
+        assert_eq!(
+            with_jitter(Duration::from_secs(8), 0.0),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            with_jitter(Duration::from_secs(8), 1.0),
+            Duration::from_secs(8)
+        );
+        let spread: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| with_jitter(Duration::from_secs(30), rand::random::<f64>()))
+            .collect();
+        assert!(spread.len() > 1, "jitter varies");
     }
 
     #[test]
@@ -923,7 +941,7 @@ mod tests {
         let attempts = h.calls.load(Ordering::SeqCst) - 1;
         assert!(attempts >= 2, "refresh was attempted");
         assert!(
-            attempts <= 15,
+            attempts <= 20,
             "back-off keeps attempts few during the outage: {attempts}"
         );
         tokio::time::advance(Duration::from_secs(20)).await; // past expiry
