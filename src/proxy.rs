@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::http_util::{self, Body, ConnInfo};
 use crate::policy;
 use crate::rewrite::{PrefixScanner, RewriteLimits, ScannedHead};
-use crate::soap::{self, ConnectingSid, ConnectingSidKind};
+use crate::soap::{ConnectingSid, ConnectingSidKind};
 use crate::token::TokenSource;
 use crate::upstream::{DocumentCall, EwsCall, Upstream, forwardable_request_headers};
 
@@ -370,9 +370,6 @@ async fn document_get<U: Upstream>(
     audit.upstream_request_id = answer.upstream_request_id;
     Ok(answer.response)
 }
-
-/// Content type of SOAP answers, re-exported for tests.
-pub const SOAP_CONTENT_TYPE: &str = soap::CONTENT_TYPE_XML;
 
 #[cfg(test)]
 mod tests {

@@ -315,7 +315,6 @@ async fn simulated_identity_endpoints_enforce_their_headers() {
 
 #[tokio::test]
 async fn app_service_managed_identity_through_the_real_binary() {
-    use std::io::{BufRead, BufReader};
     let sim = start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let users = write(
@@ -333,40 +332,22 @@ async fn app_service_managed_identity_through_the_real_binary() {
             sim.authority_url()
         ),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("IDENTITY_ENDPOINT", format!("{}/msi/token", sim.base_url()))
-        .env("IDENTITY_HEADER", sim.state.config.identity_header.as_str())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("gateway did not start");
+    let endpoint = format!("{}/msi/token", sim.base_url());
+    let gateway = spawn_serve(
+        &config,
+        &[
+            ("IDENTITY_ENDPOINT", endpoint.as_str()),
+            ("IDENTITY_HEADER", sim.state.config.identity_header.as_str()),
+        ],
+    );
+    let addr = gateway.addr.clone();
     let reply = post(
         &format!("http://{addr}/EWS/Exchange.asmx"),
         Some(ALICE),
         envelope(Some(version_header()), find_inbox()),
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let identity_call = sim
         .requests()

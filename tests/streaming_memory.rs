@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -126,33 +125,9 @@ authority = "http://{token_addr}"
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("STREAM_TEST_SECRET", "s3cret")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let gw_addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("gateway did not report its address");
+    let gateway = common::spawn_serve(&config, &[("STREAM_TEST_SECRET", "s3cret")]);
+    let pid = gateway.child.id();
+    let gw_addr = gateway.addr.clone();
 
     let head = "<?xml version=\"1.0\" encoding=\"utf-8\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\" xmlns:t=\"http://schemas.microsoft.com/exchange/services/2006/types\"><s:Header><t:RequestServerVersion Version=\"Exchange2016\"/></s:Header><s:Body><m:CreateAttachment><m:ParentItemId Id=\"AAMk\"/><m:Attachments><t:FileAttachment><t:Name>scan.pdf</t:Name><t:Content>";
     let tail = "</t:Content></t:FileAttachment></m:Attachments></m:CreateAttachment></s:Body></s:Envelope>";
@@ -205,8 +180,7 @@ authority = "http://{token_addr}"
     let text = resp.text().await.unwrap();
     assert_eq!(status, 200, "{text}");
     let hwm = vm_kib(pid, "VmHWM:");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.authorization, "Bearer stub-access-token");

@@ -86,3 +86,50 @@ pub async fn post(url: &str, user: Option<(&str, &str)>, body: String) -> Reply 
 pub const ALICE: (&str, &str) = ("alice@contoso.example", "alice-demo-pass");
 pub const BOB: (&str, &str) = ("bob@contoso.example", "bob-demo-pass");
 pub const ARCHIVER: (&str, &str) = ("archiver@contoso.example", "archiver-demo-pass");
+
+/// The real binary running `serve --config FILE`, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// The address it reported listening on.
+    pub addr: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ews-gateway serve --config <config>` with extra environment variables and waits for
+/// the address it logs (`ews-gateway listening addr=...`).
+pub fn spawn_serve(config: &std::path::Path, envs: &[(&str, &str)]) -> ServeProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the gateway did not report its address");
+    ServeProcess { child, addr }
+}
