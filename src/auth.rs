@@ -429,6 +429,17 @@ impl CredentialStore {
         self.users.is_empty()
     }
 
+    /// The canonical name of a login, as this store maps it.
+    pub fn canonical_name(&self, raw: &str) -> Option<String> {
+        normalize_username(raw, &self.names).ok()
+    }
+
+    /// Spends one dummy hash verification: a refused-before-checking login (locked user or
+    /// source) costs the same as a wrong password.
+    pub async fn spend_dummy_check(&self) {
+        let _ = self.check(&self.dummy, "-").await;
+    }
+
     /// How many password hashes were computed (cache misses), for tests and metrics.
     pub fn hash_checks(&self) -> u64 {
         self.hash_checks.load(Ordering::Relaxed)

@@ -88,6 +88,9 @@ pub struct AuthConfig {
     /// How long a verified credential is remembered (seconds), so steady traffic skips the hash.
     #[serde(default = "default_cache_ttl")]
     pub cache_ttl_seconds: u64,
+    /// Failed-login tracking and temporary lockouts.
+    #[serde(default)]
+    pub lockout: crate::lockout::LockoutPolicy,
 }
 
 /// Where EWS requests go.

@@ -135,6 +135,7 @@ pub fn gateway_config(
                 .into_iter()
                 .collect(),
             cache_ttl_seconds: 60,
+            lockout: Default::default(),
         },
         upstream: UpstreamConfig {
             ews_url: sim.ews_url(),

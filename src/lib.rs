@@ -13,6 +13,7 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod http_util;
+pub mod lockout;
 pub mod policy;
 pub mod proxy;
 pub mod rewrite;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::auth::{CredentialStore, Principal, parse_basic};
 use crate::error::GatewayError;
 use crate::http_util::{self, Body, ConnInfo};
+use crate::lockout::Lockout;
 use crate::policy;
 use crate::rewrite::{PrefixScanner, RewriteLimits, ScannedHead};
 use crate::soap::{ConnectingSid, ConnectingSidKind};
@@ -32,6 +33,8 @@ pub struct Gateway<U> {
     pub realm: String,
     /// Users and their policy; swapped whole on reload.
     pub users: ArcSwap<CredentialStore>,
+    /// Failed-login tracking and lockouts.
+    pub lockout: Lockout,
     /// Tokens per tenant.
     pub tokens: TokenSource,
     /// The backend.
@@ -89,10 +92,10 @@ pub async fn handle<U: Upstream>(
         .map(str::to_owned);
     let mut audit = Audit::default();
     let result = match (route(req.uri().path()), &method) {
-        (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, &mut audit).await,
-        (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, &mut audit).await,
+        (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, conn, &mut audit).await,
+        (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, conn, &mut audit).await,
         (Some(Route::Document(path)), &Method::GET) => {
-            document_get(&gw, req, path, &mut audit).await
+            document_get(&gw, req, conn, path, &mut audit).await
         }
         (Some(Route::Ews), _) => Err(GatewayError::MethodNotAllowed { allow: "POST, GET" }),
         (Some(Route::Document(_)), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
@@ -126,23 +129,49 @@ pub async fn handle<U: Upstream>(
     response
 }
 
-/// Phase 1: who is calling. No credentials, malformed ones and wrong ones all give the same
-/// challenge; the body is not read.
+/// Phase 1: who is calling. No credentials, malformed ones, wrong ones and locked accounts
+/// all give the same challenge at the same cost; the body is not read. A request without
+/// credentials is a challenge, never a counted failure.
 pub async fn authenticate(
     users: &CredentialStore,
+    lockout: &Lockout,
     headers: &HeaderMap,
+    peer: std::net::IpAddr,
 ) -> Result<Arc<Principal>, GatewayError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(GatewayError::Unauthenticated);
     };
-    let creds = parse_basic(value.as_bytes()).map_err(|err| {
-        tracing::debug!(reason = %err, "malformed Basic credentials");
-        GatewayError::Unauthenticated
-    })?;
-    users.verify(&creds).await.map_err(|err| {
-        tracing::info!(reason = %err, "authentication failed");
-        GatewayError::Unauthenticated
-    })
+    let policy = lockout.policy();
+    let source = Lockout::source_key(peer);
+    let creds = match parse_basic(value.as_bytes()) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::debug!(reason = %err, "malformed Basic credentials");
+            lockout.record_failure(&source, policy.max_failures_per_source);
+            return Err(GatewayError::Unauthenticated);
+        }
+    };
+    let name = users
+        .canonical_name(&creds.username)
+        .unwrap_or_else(|| creds.username.to_lowercase());
+    let user = Lockout::user_key(&name);
+    if lockout.is_locked(&[&user, &source]) {
+        users.spend_dummy_check().await;
+        tracing::info!(user = %name, %peer, "login refused: locked");
+        return Err(GatewayError::Unauthenticated);
+    }
+    match users.verify(&creds).await {
+        Ok(principal) => {
+            lockout.record_success(&user);
+            Ok(principal)
+        }
+        Err(err) => {
+            tracing::info!(user = %name, %peer, reason = %err, "authentication failed");
+            lockout.record_failure(&user, policy.max_failures);
+            lockout.record_failure(&source, policy.max_failures_per_source);
+            Err(GatewayError::Unauthenticated)
+        }
+    }
 }
 
 /// Reads a small unauthenticated body so the connection can be reused (DavMail sends every call
@@ -173,10 +202,11 @@ async fn challenge(req: Request<Incoming>, realm: &str) -> Response<Body> {
 async fn ews_post<U: Upstream>(
     gw: &Gateway<U>,
     req: Request<Incoming>,
+    conn: ConnInfo,
     audit: &mut Audit,
 ) -> Result<Response<Body>, GatewayError> {
     let users = gw.users.load_full();
-    let principal = match authenticate(&users, req.headers()).await {
+    let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
         Ok(p) => p,
         Err(_) => return Ok(challenge(req, &gw.realm).await),
     };
@@ -329,10 +359,11 @@ fn choose_anchor(principal: &Principal, headers: &HeaderMap, mailbox: &str) -> S
 async fn ews_get<U: Upstream>(
     gw: &Gateway<U>,
     req: Request<Incoming>,
+    conn: ConnInfo,
     audit: &mut Audit,
 ) -> Result<Response<Body>, GatewayError> {
     let users = gw.users.load_full();
-    let principal = authenticate(&users, req.headers()).await?;
+    let principal = authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await?;
     audit.principal = Some(principal.name.clone());
     let mut resp = Response::new(http_util::full(
         "ews-gateway: EWS is served here; send SOAP requests with POST.\n",
@@ -348,11 +379,12 @@ async fn ews_get<U: Upstream>(
 async fn document_get<U: Upstream>(
     gw: &Gateway<U>,
     req: Request<Incoming>,
+    conn: ConnInfo,
     path: &'static str,
     audit: &mut Audit,
 ) -> Result<Response<Body>, GatewayError> {
     let users = gw.users.load_full();
-    let principal = authenticate(&users, req.headers()).await?;
+    let principal = authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await?;
     audit.principal = Some(principal.name.clone());
     let tenant = gw
         .tokens

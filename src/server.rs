@@ -151,6 +151,7 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
     Ok(Gateway {
         realm: config.auth.realm.clone(),
         users: ArcSwap::from_pointee(users),
+        lockout: crate::lockout::Lockout::new(config.auth.lockout.clone()),
         tokens: TokenSource::new(tenants),
         upstream,
         max_body_bytes: config.limits.max_body_bytes,
