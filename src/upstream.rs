@@ -337,63 +337,86 @@ fn refusal_from_status(resp: &Response<hyper::body::Incoming>) -> Option<Gateway
     }
 }
 
-impl Upstream for EwsPassthrough {
-    async fn call(&self, call: EwsCall) -> Result<UpstreamResponse, GatewayError> {
-        // token
-        let token = call.tenant.get().await?;
-        // rewrite
-        let prefix = call.head.rewrite(&call.act_as);
-        let replayable = call.rest.is_none();
-        let content_length = call
-            .client_content_length
-            .map(|len| len - call.consumed.min(len) + prefix.len() as u64);
-        let body = limited_body(prefix.clone(), call.rest, self.max_body_bytes);
-        // forward
+/// Where an EWS POST goes and what it carries besides the body.
+struct Target<'a> {
+    tenant: &'a TenantTokens,
+    headers: &'a HeaderMap,
+    anchor: &'a str,
+}
+
+impl EwsPassthrough {
+    /// Sends one EWS POST for `tenant` with `token`.
+    async fn post_ews(
+        &self,
+        target: &Target<'_>,
+        token: &crate::token::AccessToken,
+        body: Body,
+        content_length: Option<u64>,
+    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+        let url = target
+            .tenant
+            .ews_url
+            .clone()
+            .unwrap_or_else(|| self.ews_url.clone());
         let mut req = self.build_request(
-            call.tenant
-                .ews_url
-                .clone()
-                .unwrap_or_else(|| self.ews_url.clone()),
+            url,
             Method::POST,
-            &call.headers,
+            target.headers,
             token.bearer(),
-            &call.anchor,
+            target.anchor,
             body,
         )?;
         set_content_length(&mut req, content_length);
-        let resp = self.send(req).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return match refusal_from_status(&resp) {
-                Some(err) => Err(err),
-                None => Ok(self.respond(resp)),
-            };
-        }
-        // Exchange says the token is bad: drop it, and try once more when the body can be replayed.
-        call.tenant.invalidate(&token);
-        if !replayable {
-            return Err(refusal_from_status(&resp).unwrap_or(GatewayError::NotFound));
-        }
-        let token = call.tenant.get().await?;
-        let mut req = self.build_request(
-            call.tenant
-                .ews_url
-                .clone()
-                .unwrap_or_else(|| self.ews_url.clone()),
-            Method::POST,
-            &call.headers,
-            token.bearer(),
-            &call.anchor,
-            limited_body(prefix, None, self.max_body_bytes),
-        )?;
-        set_content_length(&mut req, content_length);
-        let resp = self.send(req).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            call.tenant.invalidate(&token);
-        }
+        self.send(req).await
+    }
+
+    /// The client's answer: a refusal only the operator can fix becomes a fault, anything else
+    /// streams back.
+    fn answer(
+        &self,
+        resp: Response<hyper::body::Incoming>,
+    ) -> Result<UpstreamResponse, GatewayError> {
         match refusal_from_status(&resp) {
             Some(err) => Err(err),
             None => Ok(self.respond(resp)),
         }
+    }
+}
+
+impl Upstream for EwsPassthrough {
+    async fn call(&self, call: EwsCall) -> Result<UpstreamResponse, GatewayError> {
+        let target = Target {
+            tenant: &call.tenant,
+            headers: &call.headers,
+            anchor: &call.anchor,
+        };
+        // token
+        let token = call.tenant.get().await?;
+        // rewrite
+        let prefix = call.head.rewrite(&call.act_as);
+        let rest = call.rest;
+        let replayable = rest.is_none();
+        let content_length = call
+            .client_content_length
+            .map(|len| len - call.consumed.min(len) + prefix.len() as u64);
+        // forward
+        let body = limited_body(prefix.clone(), rest, self.max_body_bytes);
+        let resp = self.post_ews(&target, &token, body, content_length).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Exchange says the token is bad: drop it, and try once more when the body can be
+            // replayed (never more: a second refusal is the operator's to fix).
+            call.tenant.invalidate(&token);
+            if replayable {
+                let token = call.tenant.get().await?;
+                let body = limited_body(prefix, None, self.max_body_bytes);
+                let resp = self.post_ews(&target, &token, body, content_length).await?;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    call.tenant.invalidate(&token);
+                }
+                return self.answer(resp);
+            }
+        }
+        self.answer(resp)
     }
 
     async fn document(&self, call: DocumentCall) -> Result<UpstreamResponse, GatewayError> {
@@ -412,10 +435,7 @@ impl Upstream for EwsPassthrough {
         if resp.status() == StatusCode::UNAUTHORIZED {
             call.tenant.invalidate(&token);
         }
-        match refusal_from_status(&resp) {
-            Some(err) => Err(err),
-            None => Ok(self.respond(resp)),
-        }
+        self.answer(resp)
     }
 }
 
