@@ -908,3 +908,28 @@ async fn streaming_ends_with_closed_at_the_connection_timeout() {
     assert!(only.contains("ErrorInvalidSubscription") && only.contains("Closed"));
     assert!(bad.next().await.is_none());
 }
+
+#[tokio::test]
+async fn update_item_reads_xs_boolean_as_exchangelib_writes_it() {
+    let sim = start().await;
+    let list = alice(&sim, &find("inbox", "<m:Restriction><t:IsEqualTo><t:FieldURI FieldURI=\"item:Subject\"/><t:FieldURIOrConstant><t:Constant Value=\"Scanner: document 0042\"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction>")).await;
+    let id = ids(&list.body).pop().unwrap();
+    for (value, expected) in [("1", "true"), ("0", "false"), ("true", "true")] {
+        let update = format!(
+            "<m:UpdateItem ConflictResolution=\"AutoResolve\" MessageDisposition=\"SaveOnly\"><m:ItemChanges><t:ItemChange><t:ItemId Id=\"{id}\"/><t:Updates><t:SetItemField><t:FieldURI FieldURI=\"message:IsRead\"/><t:Message><t:IsRead>{value}</t:IsRead></t:Message></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"
+        );
+        assert!(
+            alice(&sim, &update)
+                .await
+                .body
+                .contains("ResponseClass=\"Success\"")
+        );
+        let get = alice(&sim, &format!("<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id=\"{id}\"/></m:ItemIds></m:GetItem>")).await;
+        assert!(
+            get.body
+                .contains(&format!("<t:IsRead>{expected}</t:IsRead>")),
+            "{value}: {}",
+            get.body
+        );
+    }
+}

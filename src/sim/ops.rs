@@ -200,7 +200,7 @@ impl ShapeSpec {
         };
         let mime = el
             .child(T, "IncludeMimeContent")
-            .is_some_and(|m| m.text() == "true");
+            .is_some_and(|m| xs_bool(&m.text()));
         let fields = el
             .child(T, "AdditionalProperties")
             .map(|a| {
@@ -923,7 +923,7 @@ impl Ops<'_> {
     }
 
     fn send_item(&self, op: &Element) -> Result<Vec<String>, StoreError> {
-        let save = op.attr("SaveItemToFolder") != Some("false");
+        let save = op.attr("SaveItemToFolder").is_none_or(xs_bool);
         let saved = op
             .child(M, "SavedItemFolderId")
             .and_then(|s| s.elements().next());
@@ -1486,7 +1486,7 @@ fn parse_message(el: &Element) -> Result<Item, StoreError> {
         cc: addresses(el.child(T, "CcRecipients")),
         body: el.child(T, "Body").map(Element::text).unwrap_or_default(),
         body_html: el.child(T, "Body").and_then(|b| b.attr("BodyType")) == Some("HTML"),
-        is_read: el.child(T, "IsRead").is_some_and(|r| r.text() == "true"),
+        is_read: el.child(T, "IsRead").is_some_and(|r| xs_bool(&r.text())),
         received: now.clone(),
         sent: now,
         attachments: Vec::new(),
@@ -1609,6 +1609,11 @@ fn apply_mime(item: &mut Item, raw: &[u8]) {
     item.body = body.trim_end().to_owned();
 }
 
+/// An `xs:boolean`: `true`/`1` or `false`/`0` (exchangelib writes `1`).
+fn xs_bool(text: &str) -> bool {
+    matches!(text.trim(), "true" | "1")
+}
+
 fn apply_update(item: &mut Item, update: &Element) {
     let field = update
         .child(T, "FieldURI")
@@ -1620,7 +1625,7 @@ fn apply_update(item: &mut Item, update: &Element) {
         .find(|e| e.local == "Message" || e.local == "Item");
     let value = |name: &str| value_el.and_then(|v| v.child(T, name)).map(Element::text);
     match (field, set) {
-        ("message:IsRead", true) => item.is_read = value("IsRead").as_deref() == Some("true"),
+        ("message:IsRead", true) => item.is_read = value("IsRead").is_some_and(|v| xs_bool(&v)),
         ("item:Subject", true) => item.subject = value("Subject").unwrap_or_default(),
         ("item:Subject", false) => item.subject.clear(),
         ("item:Body", true) => item.body = value("Body").unwrap_or_default(),

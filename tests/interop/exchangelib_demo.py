@@ -10,7 +10,7 @@ import unittest
 import urllib.request
 import uuid
 
-from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, Message
+from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FileAttachment, Message
 from exchangelib.errors import ErrorImpersonateUserDenied, UnauthorizedError
 from exchangelib.transport import BASIC
 
@@ -70,6 +70,60 @@ class Demo(unittest.TestCase):
         bodies = [r["body"] for r in sim_requests() if "/ews/" in r["path"].lower()]
         self.assertFalse([b for b in bodies if "bob@contoso.example" in b],
                          "no request acting as bob may reach Exchange")
+
+    def test_paging_through_the_inbox(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        clear_sim_requests()
+        qs = alice.inbox.all().order_by("-datetime_received")
+        qs.page_size = 2
+        subjects = [m.subject for m in qs]
+        self.assertGreaterEqual(len(subjects), 3)
+        self.assertEqual(len(subjects), len(set(subjects)), "pages must not overlap")
+        finds = [r for r in sim_requests() if "<m:FindItem" in r["body"]]
+        self.assertGreaterEqual(len(finds), 2, "more than one page was fetched")
+
+    def test_read_a_message_with_attachments(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        m = alice.inbox.get(subject="Quarterly report")
+        self.assertEqual([a.name for a in m.attachments], ["report.csv"])
+        self.assertIn(b"quarter,revenue", m.attachments[0].content)
+
+    def test_mark_read(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        m = alice.inbox.get(subject="Scanner: document 0042")
+        m.is_read = True
+        m.save(update_fields=["is_read"])
+        self.assertTrue(alice.inbox.get(subject="Scanner: document 0042").is_read)
+
+    def test_move_then_delete(self):
+        bob = account("bob@contoso.example", "bob-demo-pass")
+        subject = f"to be moved {uuid.uuid4()}"
+        Message(account=bob, folder=bob.inbox, subject=subject, body="x").save()
+        m = bob.inbox.get(subject=subject)
+        m.move(bob.junk)
+        self.assertEqual(bob.inbox.filter(subject=subject).count(), 0)
+        moved = bob.junk.get(subject=subject)
+        moved.delete()
+        self.assertEqual(bob.junk.filter(subject=subject).count(), 0)
+
+    def test_create_with_attachment(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        subject = f"with attachment {uuid.uuid4()}"
+        m = Message(account=alice, folder=alice.drafts, subject=subject, body="x")
+        m.attach(FileAttachment(name="a.txt", content=b"hello"))
+        m.save()
+        self.assertEqual(alice.drafts.get(subject=subject).attachments[0].content, b"hello")
+
+    def test_sync_folder_items(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        changes = list(alice.inbox.sync_items())
+        self.assertGreaterEqual(len(changes), 3)
+        self.assertEqual(list(alice.inbox.sync_items()), [], "no changes since the last sync")
+
+    def test_resolve_names(self):
+        alice = account("alice@contoso.example", "alice-demo-pass")
+        found = list(alice.protocol.resolve_names(["bob"]))
+        self.assertTrue(any("bob@contoso.example" in str(r) for r in found), found)
 
     def test_wrong_password_is_unauthorized(self):
         with self.assertRaises(UnauthorizedError):
