@@ -88,6 +88,10 @@ struct SimArgs {
     /// Print one JSON object on one line (for scripts) instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Faults to inject from the start, as JSON (the shape of `PUT /_sim/faults`), e.g.
+    /// '{"ews_server_busy_backoff_ms":5000}'.
+    #[arg(long)]
+    faults: Option<String>,
 }
 
 fn init_tracing() {
@@ -232,6 +236,9 @@ async fn run_sim(args: SimArgs) -> Result<()> {
     config.token_lifetime = Duration::from_secs(args.token_lifetime);
     config.strict_anchor = !args.lenient_anchor;
     config.streaming_heartbeat = Duration::from_secs(args.heartbeat.max(1));
+    if let Some(faults) = &args.faults {
+        config.faults = serde_json::from_str(faults).context("--faults is not valid fault JSON")?;
+    }
     let handle = sim::start(config, args.listen).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, &handle.ca_pem) {
         std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;

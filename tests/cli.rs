@@ -189,3 +189,36 @@ async fn demo_prints_its_url_and_challenges_without_credentials() {
             .starts_with("Basic realm=")
     );
 }
+
+#[tokio::test]
+async fn sim_faults_flag_injects_from_the_start() {
+    let mut child = Command::new(BIN)
+        .args([
+            "sim",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--faults",
+            r#"{"token_unavailable":true}"#,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_stdout_line(&mut child, "token_url");
+    let _guard = Killed(child);
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let resp = reqwest::Client::new()
+        .post(info["token_url"].as_str().unwrap())
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let bad = Command::new(BIN)
+        .args(["sim", "--faults", "{\"nope\":1}"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--faults"));
+}
