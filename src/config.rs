@@ -68,6 +68,10 @@ pub struct ListenConfig {
     /// clear text; only behind a TLS-terminating load balancer).
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// The URL clients reach the gateway at (e.g. `https://ews-gw.contoso.com`), returned by
+    /// Autodiscover. Default: the scheme and `Host` of each Autodiscover request.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// Inbound authentication settings.

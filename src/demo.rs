@@ -126,6 +126,7 @@ pub fn gateway_config(
             tls_cert: None,
             tls_key: None,
             allow_plain_http: false,
+            public_url: None,
         },
         auth: AuthConfig {
             users_file,

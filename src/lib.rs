@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod autodiscover;
 pub mod check;
 pub mod config;
 pub mod credential;

@@ -15,6 +15,7 @@ use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
 use crate::auth::{CredentialStore, Principal, parse_basic};
+use crate::autodiscover::{self, Flavor};
 use crate::error::GatewayError;
 use crate::http_util::{self, Body, ConnInfo};
 use crate::lockout::Lockout;
@@ -35,6 +36,8 @@ pub struct Gateway<U> {
     pub users: ArcSwap<CredentialStore>,
     /// Failed-login tracking and lockouts.
     pub lockout: Lockout,
+    /// Where clients reach the gateway, for Autodiscover answers.
+    pub public_url: Option<String>,
     /// Tokens per tenant.
     pub tokens: TokenSource,
     /// The backend.
@@ -91,15 +94,19 @@ pub async fn handle<U: Upstream>(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut audit = Audit::default();
-    let result = match (route(req.uri().path()), &method) {
-        (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, conn, &mut audit).await,
-        (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, conn, &mut audit).await,
-        (Some(Route::Document(path)), &Method::GET) => {
-            document_get(&gw, req, conn, path, &mut audit).await
+    let result = if let Some(flavor) = autodiscover::flavor(req.uri().path()) {
+        autodiscover_request(&gw, req, conn, flavor, &mut audit).await
+    } else {
+        match (route(req.uri().path()), &method) {
+            (Some(Route::Ews), &Method::POST) => ews_post(&gw, req, conn, &mut audit).await,
+            (Some(Route::Ews), &Method::GET) => ews_get(&gw, req, conn, &mut audit).await,
+            (Some(Route::Document(path)), &Method::GET) => {
+                document_get(&gw, req, conn, path, &mut audit).await
+            }
+            (Some(Route::Ews), _) => Err(GatewayError::MethodNotAllowed { allow: "POST, GET" }),
+            (Some(Route::Document(_)), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (None, _) => Err(GatewayError::NotFound),
         }
-        (Some(Route::Ews), _) => Err(GatewayError::MethodNotAllowed { allow: "POST, GET" }),
-        (Some(Route::Document(_)), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
-        (None, _) => Err(GatewayError::NotFound),
     };
     let response = match result {
         Ok(resp) => {
@@ -352,6 +359,87 @@ fn choose_anchor(principal: &Principal, headers: &HeaderMap, mailbox: &str) -> S
         return anchor.to_owned();
     }
     mailbox.to_owned()
+}
+
+/// The EWS URL Autodiscover hands out: the configured public URL, else this request's origin.
+fn public_ews_url<U>(gw: &Gateway<U>, headers: &HeaderMap, conn: ConnInfo) -> String {
+    if let Some(url) = &gw.public_url {
+        return format!("{}/EWS/Exchange.asmx", url.trim_end_matches('/'));
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
+        .map(str::to_owned)
+        .unwrap_or_else(|| conn.local.to_string());
+    format!("{scheme}://{host}/EWS/Exchange.asmx")
+}
+
+fn xml_ok(body: String, content_type: &'static str, status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(http_util::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Autodiscover, answered locally: nothing goes upstream.
+async fn autodiscover_request<U: Upstream>(
+    gw: &Gateway<U>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    flavor: Flavor,
+    audit: &mut Audit,
+) -> Result<Response<Body>, GatewayError> {
+    audit.operation = Some(format!("Autodiscover{flavor:?}"));
+    let url = public_ews_url(gw, req.headers(), conn);
+    if flavor == Flavor::Json {
+        if req.method() != Method::GET {
+            return Err(GatewayError::MethodNotAllowed { allow: "GET" });
+        }
+        return Ok(match autodiscover::json(req.uri().query(), &url) {
+            Ok(body) => xml_ok(body, "application/json; charset=utf-8", StatusCode::OK),
+            Err(body) => xml_ok(
+                body,
+                "application/json; charset=utf-8",
+                StatusCode::BAD_REQUEST,
+            ),
+        });
+    }
+    if req.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed { allow: "POST" });
+    }
+    let users = gw.users.load_full();
+    let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
+        Ok(p) => p,
+        Err(_) => return Ok(challenge(req, &gw.realm).await),
+    };
+    audit.principal = Some(principal.name.clone());
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let body = limited
+        .collect()
+        .await
+        .map_err(|_| GatewayError::Refused {
+            code: "ErrorInvalidRequest",
+            message: "The Autodiscover request body could not be read or is larger than 64 KiB."
+                .to_owned(),
+        })?
+        .to_bytes();
+    match flavor {
+        Flavor::Pox => Ok(xml_ok(
+            autodiscover::pox(&principal, &body, &url),
+            "text/xml; charset=utf-8",
+            StatusCode::OK,
+        )),
+        _ => autodiscover::soap(&principal, &body, &url)
+            .map(|xml| xml_ok(xml, "text/xml; charset=utf-8", StatusCode::OK))
+            .ok_or_else(|| GatewayError::Refused {
+                code: "ErrorInvalidRequest",
+                message: "The Autodiscover SOAP request is not a GetUserSettings request."
+                    .to_owned(),
+            }),
+    }
 }
 
 /// `GET /EWS/Exchange.asmx`: DavMail probes it on every IMAP connection and needs 200 or 401.

@@ -152,6 +152,7 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
         realm: config.auth.realm.clone(),
         users: ArcSwap::from_pointee(users),
         lockout: crate::lockout::Lockout::new(config.auth.lockout.clone()),
+        public_url: config.listen.public_url.clone(),
         tokens: TokenSource::new(tenants),
         upstream,
         max_body_bytes: config.limits.max_body_bytes,

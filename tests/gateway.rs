@@ -217,7 +217,6 @@ async fn paths_outside_the_allow_list_are_404_and_never_forwarded() {
         "/owa/",
         "/EWS/mrsproxy.svc",
         "/ecp/",
-        "/autodiscover/autodiscover.json",
         "/EWS/Exchange.asmx/x",
         "/PowerShell-LiveID",
     ] {
