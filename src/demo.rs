@@ -101,6 +101,8 @@ pub fn demo_users_toml() -> Result<String, DemoError> {
 }
 
 /// The gateway configuration the demo uses: `sim`'s first tenant and app, the given users file.
+/// The app's (simulator) client secret is written next to the users file, as operators should
+/// keep secrets: in a file, not in the configuration.
 pub fn gateway_config(
     sim: &SimHandle,
     listen: SocketAddr,
@@ -120,6 +122,8 @@ pub fn gateway_config(
             ))
         })
         .ok_or_else(|| DemoError::Hash("the built-in seed has no app".into()))?;
+    let secret_file = users_file.with_file_name("client-secret");
+    std::fs::write(&secret_file, &secret)?;
     Ok(Config {
         listen: ListenConfig {
             address: listen,
@@ -148,9 +152,9 @@ pub fn gateway_config(
             tenant_id,
             domains,
             client_id,
-            client_secret_file: None,
+            client_secret_file: Some(secret_file),
             client_secret_env: None,
-            client_secret: Some(secret),
+            client_secret: None,
             credentials: Vec::new(),
             cloud: crate::config::Cloud::Global,
             authority: Some(sim.authority_url()),

@@ -54,7 +54,7 @@ async fn gateway_with(
     );
     let mut config =
         ews_gateway::demo::gateway_config(sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
-    config.tenants[0].client_secret = None;
+    config.tenants[0].client_secret_file = None;
     tweak(&mut config.tenants[0]);
     config.validate()?;
     server::start(&config).await
