@@ -157,7 +157,8 @@ pub(super) fn unsubscribe(state: &Arc<SimState>, ctx: &OpContext, op: &Element) 
 /// One streamed frame: an unprefixed envelope with `ServerVersionInfo`, no XML declaration.
 fn envelope(message: &str) -> Bytes {
     Bytes::from(format!(
-        "<Envelope xmlns=\"{NS_SOAP}\"><Header><ServerVersionInfo xmlns=\"{T}\" MajorVersion=\"15\" MinorVersion=\"20\" MajorBuildNumber=\"1471\" MinorBuildNumber=\"20\" Version=\"V2018_01_08\"/></Header><Body>{}</Body></Envelope>",
+        "<Envelope xmlns=\"{NS_SOAP}\"><Header>{}</Header><Body>{}</Body></Envelope>",
+        crate::sim::ews::server_version_info(),
         response("GetStreamingEvents", &[message.to_owned()])
     ))
 }
