@@ -183,21 +183,40 @@ pub fn is_address(text: &str) -> bool {
 }
 
 /// An authenticated caller and what it may act as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Principal {
     /// Canonical login name.
     pub name: String,
     /// Its own mailbox (lower-case).
     pub mailbox: String,
-    /// Other mailboxes it may act as.
+    /// Other mailboxes it may act as (its own grants and its groups').
     pub may_impersonate: Vec<MailboxPattern>,
+    /// The EWS operations it may call, sorted; `None`: every operation (no list anywhere).
+    pub operations: Option<Vec<String>>,
+    /// The groups it belongs to, as the users file names them.
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsersFile {
+    #[serde(default, rename = "group")]
+    groups: Vec<GroupEntry>,
     #[serde(default, rename = "user")]
     users: Vec<UserEntry>,
+}
+
+/// One `[[group]]` of the users file: policy shared by its members.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupEntry {
+    name: String,
+    /// EWS operations members may call (allow-list).
+    #[serde(default)]
+    operations: Option<Vec<String>>,
+    /// Mailboxes members may act as.
+    #[serde(default)]
+    may_impersonate: Vec<String>,
 }
 
 /// One `[[user]]` of the users file.
@@ -217,6 +236,12 @@ struct UserEntry {
     /// A disabled user fails exactly like a wrong password.
     #[serde(default)]
     disabled: bool,
+    /// Groups whose policy this user also gets.
+    #[serde(default)]
+    groups: Vec<String>,
+    /// EWS operations this user may call (allow-list; joined with its groups' lists).
+    #[serde(default)]
+    operations: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +328,56 @@ impl StoreOptions {
     }
 }
 
+/// A group's resolved policy.
+struct Group {
+    operations: Option<Vec<String>>,
+    may_impersonate: Vec<MailboxPattern>,
+}
+
+fn parse_groups(entries: Vec<GroupEntry>, problems: &mut Vec<String>) -> HashMap<String, Group> {
+    let mut groups = HashMap::new();
+    for entry in entries {
+        let what = format!("group {:?}", entry.name);
+        if entry.name.trim().is_empty() {
+            problems.push("a group has an empty name".to_owned());
+            continue;
+        }
+        let mut patterns = Vec::new();
+        for p in &entry.may_impersonate {
+            match MailboxPattern::parse(p) {
+                Ok(pat) => patterns.push(pat),
+                Err(why) => problems.push(format!("{what}: may_impersonate {why}")),
+            }
+        }
+        if let Some(ops) = &entry.operations {
+            check_operations(ops, &what, problems);
+        }
+        let group = Group {
+            operations: entry.operations,
+            may_impersonate: patterns,
+        };
+        if groups.insert(entry.name.clone(), group).is_some() {
+            problems.push(format!("{what} is defined twice"));
+        }
+    }
+    groups
+}
+
+/// Operation names must be EWS operations as the schema spells them: a typo would otherwise
+/// deny a client silently (or, in a deny list, allow it).
+fn check_operations(ops: &[String], what: &str, problems: &mut Vec<String>) {
+    for op in ops {
+        if crate::soap::known_operation(op).is_none() {
+            let hint = crate::soap::EWS_OPERATIONS
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(op))
+                .map(|known| format!(" (did you mean {known}?)"))
+                .unwrap_or_default();
+            problems.push(format!("{what}: {op:?} is not an EWS operation{hint}"));
+        }
+    }
+}
+
 /// The users and their password hashes, with a short-lived cache of verified credentials.
 pub struct CredentialStore {
     users: HashMap<String, User>,
@@ -344,6 +419,7 @@ impl CredentialStore {
     pub fn from_toml(text: &str, options: StoreOptions) -> Result<Self, UsersError> {
         let file: UsersFile = toml::from_str(text).map_err(|e| UsersError(vec![e.to_string()]))?;
         let mut problems = Vec::new();
+        let groups = parse_groups(file.groups, &mut problems);
         let mut users = HashMap::new();
         for entry in file.users {
             let name = match normalize_username(&entry.name, &options.names) {
@@ -378,6 +454,26 @@ impl CredentialStore {
                     Err(why) => problems.push(format!("user {name}: may_impersonate {why}")),
                 }
             }
+            let mut operations = entry.operations.as_ref().map(|ops| {
+                check_operations(ops, &format!("user {name}"), &mut problems);
+                ops.clone()
+            });
+            for group_name in &entry.groups {
+                let Some(group) = groups.get(group_name) else {
+                    problems.push(format!("user {name}: group {group_name:?} is not defined"));
+                    continue;
+                };
+                patterns.extend(group.may_impersonate.iter().cloned());
+                if let Some(ops) = &group.operations {
+                    operations
+                        .get_or_insert_with(Vec::new)
+                        .extend(ops.iter().cloned());
+                }
+            }
+            if let Some(ops) = operations.as_mut() {
+                ops.sort();
+                ops.dedup();
+            }
             if users.contains_key(&name) {
                 problems.push(format!("user {name} is listed twice"));
                 continue;
@@ -390,6 +486,8 @@ impl CredentialStore {
                             name,
                             mailbox,
                             may_impersonate: patterns,
+                            operations,
+                            groups: entry.groups,
                         }),
                         hash,
                         disabled: entry.disabled,
@@ -722,5 +820,78 @@ mailbox = "not an address"
             !all.contains("plain-text"),
             "hashes are never echoed: {all}"
         );
+    }
+
+    #[test]
+    fn groups_give_operations_and_grants_to_their_members() {
+        let hash = hash_password("pw").unwrap();
+        let text = format!(
+            r#"
+[[group]]
+name = "scanners"
+operations = ["SendItem", "CreateItem"]
+[[group]]
+name = "archive-readers"
+operations = ["GetItem", "FindItem"]
+may_impersonate = ["*@contoso.example"]
+[[user]]
+name = "scan@contoso.example"
+password_hash = "{hash}"
+groups = ["scanners"]
+[[user]]
+name = "mixed@contoso.example"
+password_hash = "{hash}"
+operations = ["GetFolder", "FindItem"]
+groups = ["scanners", "archive-readers"]
+[[user]]
+name = "free@contoso.example"
+password_hash = "{hash}"
+"#
+        );
+        let s = CredentialStore::from_toml(&text, options()).unwrap();
+        let scan = &s.users["scan@contoso.example"].principal;
+        assert_eq!(
+            scan.operations.as_deref(),
+            Some(&["CreateItem".to_owned(), "SendItem".to_owned()][..])
+        );
+        assert!(scan.may_impersonate.is_empty());
+        let mixed = &s.users["mixed@contoso.example"].principal;
+        assert_eq!(
+            mixed.operations.as_ref().unwrap().join(","),
+            "CreateItem,FindItem,GetFolder,GetItem,SendItem",
+            "union of its own and its groups' lists, sorted, once each"
+        );
+        assert!(mixed.may_impersonate[0].matches("x@contoso.example"));
+        assert_eq!(mixed.groups, ["scanners", "archive-readers"]);
+        assert_eq!(s.users["free@contoso.example"].principal.operations, None);
+    }
+
+    #[test]
+    fn operation_and_group_mistakes_are_reported() {
+        let hash = hash_password("pw").unwrap();
+        let text = format!(
+            r#"
+[[group]]
+name = "g"
+operations = ["finditem"]
+[[group]]
+name = "g"
+[[user]]
+name = "a@contoso.example"
+password_hash = "{hash}"
+operations = ["FindItems"]
+groups = ["nope"]
+"#
+        );
+        let err = CredentialStore::from_toml(&text, options()).unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.0.len(), 4, "{all}");
+        assert!(all.contains("did you mean FindItem?"), "{all}");
+        assert!(
+            all.contains("\"FindItems\" is not an EWS operation"),
+            "{all}"
+        );
+        assert!(all.contains("group \"nope\" is not defined"), "{all}");
+        assert!(all.contains("defined twice"), "{all}");
     }
 }

@@ -159,6 +159,7 @@ mod tests {
             name: "alice@c.example".into(),
             mailbox: "alice@c.example".into(),
             may_impersonate: vec![],
+            ..Default::default()
         }
     }
 

@@ -281,6 +281,7 @@ async fn check_mailbox<U: Upstream>(
             name: "ews-gateway check".to_owned(),
             mailbox: address.to_owned(),
             may_impersonate: Vec::new(),
+            ..Default::default()
         }),
         act_as: ConnectingSid {
             kind: ConnectingSidKind::SmtpAddress,

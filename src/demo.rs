@@ -19,6 +19,8 @@ pub struct DemoUser {
     pub password: &'static str,
     /// `may_impersonate` patterns.
     pub may_impersonate: &'static [&'static str],
+    /// The EWS operations it may call; empty: no operation list (every operation).
+    pub operations: &'static [&'static str],
 }
 
 /// The demo users.
@@ -27,16 +29,25 @@ pub const DEMO_USERS: &[DemoUser] = &[
         name: "alice@contoso.example",
         password: "alice-demo-pass",
         may_impersonate: &[],
+        operations: &[],
     },
     DemoUser {
         name: "bob@contoso.example",
         password: "bob-demo-pass",
         may_impersonate: &[],
+        operations: &[],
     },
     DemoUser {
         name: "archiver@contoso.example",
         password: "archiver-demo-pass",
         may_impersonate: &["*@contoso.example"],
+        operations: &[],
+    },
+    DemoUser {
+        name: "scanner@contoso.example",
+        password: "scanner-demo-pass",
+        may_impersonate: &[],
+        operations: &["CreateItem", "SendItem"],
     },
 ];
 
@@ -96,6 +107,15 @@ pub fn demo_users_toml() -> Result<String, DemoError> {
             "\n[[user]]\nname = \"{}\"\npassword_hash = \"{hash}\"\nmay_impersonate = [{patterns}]\n",
             user.name
         ));
+        if !user.operations.is_empty() {
+            let ops = user
+                .operations
+                .iter()
+                .map(|op| format!("\"{op}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            text.push_str(&format!("operations = [{ops}]\n"));
+        }
     }
     Ok(text)
 }

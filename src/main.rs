@@ -157,6 +157,11 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         } else {
             format!("may impersonate {}", user.may_impersonate.join(", "))
         };
+        let scope = if user.operations.is_empty() {
+            scope
+        } else {
+            format!("{scope}; only {}", user.operations.join(", "))
+        };
         println!("  {:<28} {:<22} {scope}", user.name, user.password);
     }
     println!();

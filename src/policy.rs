@@ -29,6 +29,18 @@ pub enum PolicyError {
         /// The mailbox asked for.
         requested: String,
     },
+    /// The principal's operation policy does not list the operation.
+    #[error(
+        "Access is denied. ews-gateway: {principal} may not call {operation} (allowed: {allowed})."
+    )]
+    OperationDenied {
+        /// Who asked.
+        principal: String,
+        /// The EWS operation.
+        operation: String,
+        /// The operations it may call.
+        allowed: String,
+    },
     /// The impersonation names the mailbox in a form the gateway cannot authorise.
     #[error(
         "The account does not have permission to impersonate the requested user. ews-gateway authorises impersonation by SMTP address; {kind} {value:?} cannot be checked."
@@ -44,7 +56,34 @@ pub enum PolicyError {
 impl PolicyError {
     /// The EWS response code the client receives.
     pub fn code(&self) -> &'static str {
-        "ErrorImpersonateUserDenied"
+        match self {
+            Self::OperationDenied { .. } => "ErrorAccessDenied",
+            _ => "ErrorImpersonateUserDenied",
+        }
+    }
+}
+
+/// Whether `principal` may call the EWS `operation` (the first element of the SOAP Body).
+/// Without any operation list in its user entry or groups, every operation is allowed.
+pub fn may_call(principal: &Principal, operation: &str) -> Result<(), PolicyError> {
+    match &principal.operations {
+        None => Ok(()),
+        Some(allowed)
+            if allowed
+                .binary_search_by(|op| op.as_str().cmp(operation))
+                .is_ok() =>
+        {
+            Ok(())
+        }
+        Some(allowed) => Err(PolicyError::OperationDenied {
+            principal: principal.name.clone(),
+            operation: operation.to_owned(),
+            allowed: if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            },
+        }),
     }
 }
 
@@ -104,6 +143,7 @@ mod tests {
                 .iter()
                 .map(|p| MailboxPattern::parse(p).unwrap())
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -166,6 +206,35 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn operation_policy_is_an_allow_list_when_present() {
+        let open = principal(&[]);
+        assert!(
+            may_call(&open, "FindItem").is_ok(),
+            "no list: every operation"
+        );
+        let scanner = Principal {
+            operations: Some(vec!["CreateItem".into(), "SendItem".into()]),
+            ..principal(&[])
+        };
+        assert!(may_call(&scanner, "CreateItem").is_ok());
+        assert!(may_call(&scanner, "SendItem").is_ok());
+        let err = may_call(&scanner, "FindItem").unwrap_err();
+        assert_eq!(err.code(), "ErrorAccessDenied");
+        let text = err.to_string();
+        assert!(text.contains("may not call FindItem"), "{text}");
+        assert!(text.contains("CreateItem, SendItem"), "{text}");
+        assert!(
+            may_call(&scanner, "createitem").is_err(),
+            "names are case-sensitive"
+        );
+        let nothing = Principal {
+            operations: Some(vec![]),
+            ..principal(&[])
+        };
+        assert!(may_call(&nothing, "GetFolder").is_err());
     }
 
     #[test]

@@ -320,22 +320,19 @@ fn refused(err: crate::rewrite::RewriteError) -> GatewayError {
     }
 }
 
-/// Phase 2: the mailbox this call acts as, from the principal's policy and the client's own
-/// impersonation header, if any.
+/// Phase 2: whether the principal may call this operation, and the mailbox the call acts as,
+/// from the principal's policy and the client's own impersonation header, if any.
 pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<ConnectingSid, GatewayError> {
     let info = head.info();
-    if info.operation.is_none() {
+    let Some(operation) = info.operation.as_deref() else {
         return Err(GatewayError::Refused {
             code: "ErrorInvalidRequest",
             message: "The request is invalid: the SOAP Body names no EWS operation.".to_owned(),
         });
-    }
+    };
+    policy::may_call(principal, operation).map_err(policy_refusal)?;
     let requested = info.client_impersonation.as_ref();
-    let decision =
-        policy::decide_mailbox(principal, requested).map_err(|err| GatewayError::Refused {
-            code: err.code(),
-            message: err.to_string(),
-        })?;
+    let decision = policy::decide_mailbox(principal, requested).map_err(policy_refusal)?;
     Ok(match requested {
         // Keep the client's form (it may have sent PrimarySmtpAddress); the value was authorised.
         Some(sid) if decision.via_client_header => sid.clone(),
@@ -344,6 +341,13 @@ pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<Connecting
             value: decision.mailbox,
         },
     })
+}
+
+fn policy_refusal(err: policy::PolicyError) -> GatewayError {
+    GatewayError::Refused {
+        code: err.code(),
+        message: err.to_string(),
+    }
 }
 
 /// The `X-AnchorMailbox` to send: the acted-as mailbox, or the client's group anchor for

@@ -51,23 +51,6 @@ pub fn fault_envelope(code: &str, message: &str, message_xml: &[(&str, &str)]) -
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fault_carries_code_message_and_escaped_values() {
-        let xml = fault_envelope(
-            "ErrorServerBusy",
-            "a < b",
-            &[("BackOffMilliseconds", "5000")],
-        );
-        assert!(xml.contains("<faultcode xmlns:a=\"http://schemas.microsoft.com/exchange/services/2006/types\">a:ErrorServerBusy</faultcode>"));
-        assert!(xml.contains("<e:Message xmlns:e=\"http://schemas.microsoft.com/exchange/services/2006/errors\">a &lt; b</e:Message>"));
-        assert!(xml.contains("<t:Value Name=\"BackOffMilliseconds\">5000</t:Value>"));
-    }
-}
-
 /// How an `ExchangeImpersonation/ConnectingSID` names the mailbox to act as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectingSidKind {
@@ -122,5 +105,148 @@ impl ConnectingSid {
             "<t:ExchangeImpersonation xmlns:t=\"{NS_TYPES}\"><t:ConnectingSID><t:{name}>{}</t:{name}></t:ConnectingSID></t:ExchangeImpersonation>",
             escape(&self.value)
         )
+    }
+}
+
+/// The EWS operations (local names of the first child of `Body`), from the EWS reference.
+/// Used to check the users file's operation lists and to bound metric labels.
+pub const EWS_OPERATIONS: &[&str] = &[
+    "AddDelegate",
+    "AddDistributionGroupToImList",
+    "AddImContactToGroup",
+    "AddImGroup",
+    "AddNewImContactToGroup",
+    "AddNewTelUriContactToGroup",
+    "ApplyConversationAction",
+    "ArchiveItem",
+    "ConvertId",
+    "CopyFolder",
+    "CopyItem",
+    "CreateAttachment",
+    "CreateFolder",
+    "CreateFolderPath",
+    "CreateItem",
+    "CreateManagedFolder",
+    "CreateUserConfiguration",
+    "DeleteAttachment",
+    "DeleteDelegate",
+    "DeleteFolder",
+    "DeleteItem",
+    "DeleteUserConfiguration",
+    "DisableApp",
+    "DisconnectPhoneCall",
+    "EmptyFolder",
+    "ExpandDL",
+    "ExportItems",
+    "FindConversation",
+    "FindFolder",
+    "FindItem",
+    "FindMessageTrackingReport",
+    "FindPeople",
+    "GetAppManifests",
+    "GetAppMarketplaceUrl",
+    "GetAttachment",
+    "GetCallInfo",
+    "GetClientAccessToken",
+    "GetConversationItems",
+    "GetDelegate",
+    "GetDiscoverySearchConfiguration",
+    "GetEvents",
+    "GetFolder",
+    "GetHoldOnMailboxes",
+    "GetImItemList",
+    "GetImItems",
+    "GetInboxRules",
+    "GetItem",
+    "GetMailTips",
+    "GetMessageTrackingReport",
+    "GetNonIndexableItemDetails",
+    "GetNonIndexableItemStatistics",
+    "GetPasswordExpirationDate",
+    "GetPersona",
+    "GetPhoneCallInformation",
+    "GetReminders",
+    "GetRoomLists",
+    "GetRooms",
+    "GetSearchableMailboxes",
+    "GetServerTimeZones",
+    "GetServiceConfiguration",
+    "GetSharingFolder",
+    "GetSharingMetadata",
+    "GetStreamingEvents",
+    "GetUserAvailability",
+    "GetUserConfiguration",
+    "GetUserOofSettings",
+    "GetUserPhoto",
+    "GetUserRetentionPolicyTags",
+    "InstallApp",
+    "MarkAllItemsAsRead",
+    "MarkAsJunk",
+    "MoveFolder",
+    "MoveItem",
+    "PerformReminderAction",
+    "PlayOnPhone",
+    "RefreshSharingFolder",
+    "RemoveContactFromIm",
+    "RemoveDelegate",
+    "RemoveDistributionGroupFromImList",
+    "RemoveImContactFromGroup",
+    "RemoveImGroup",
+    "ReportMessage",
+    "ResolveNames",
+    "SearchMailboxes",
+    "SendItem",
+    "SetHoldOnMailboxes",
+    "SetImGroup",
+    "SetImListMigrationCompleted",
+    "SetUserOofSettings",
+    "SetUserPhoto",
+    "Subscribe",
+    "SyncFolderHierarchy",
+    "SyncFolderItems",
+    "UninstallApp",
+    "Unsubscribe",
+    "UpdateDelegate",
+    "UpdateFolder",
+    "UpdateInboxRules",
+    "UpdateItem",
+    "UpdateUserConfiguration",
+    "UploadItems",
+];
+
+/// The operation's canonical name when it is a known EWS operation (case-sensitive, as the
+/// schema is), for bounded metric labels and policy checks.
+pub fn known_operation(name: &str) -> Option<&'static str> {
+    EWS_OPERATIONS
+        .binary_search(&name)
+        .ok()
+        .map(|i| EWS_OPERATIONS[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_carries_code_message_and_escaped_values() {
+        let xml = fault_envelope(
+            "ErrorServerBusy",
+            "a < b",
+            &[("BackOffMilliseconds", "5000")],
+        );
+        assert!(xml.contains("<faultcode xmlns:a=\"http://schemas.microsoft.com/exchange/services/2006/types\">a:ErrorServerBusy</faultcode>"));
+        assert!(xml.contains("<e:Message xmlns:e=\"http://schemas.microsoft.com/exchange/services/2006/errors\">a &lt; b</e:Message>"));
+        assert!(xml.contains("<t:Value Name=\"BackOffMilliseconds\">5000</t:Value>"));
+    }
+
+    #[test]
+    fn operations_are_sorted_and_found() {
+        assert!(
+            EWS_OPERATIONS.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+        assert_eq!(known_operation("FindItem"), Some("FindItem"));
+        assert_eq!(known_operation("finditem"), None);
+        assert_eq!(known_operation("Evil"), None);
     }
 }

@@ -250,6 +250,11 @@ impl SimHandle {
         self.state.log.snapshot()
     }
 
+    /// Forgets the requests logged so far.
+    pub fn clear_requests(&self) {
+        self.state.log.clear();
+    }
+
     /// Only the EWS requests that arrived so far.
     pub fn ews_requests(&self) -> Vec<LoggedRequest> {
         self.requests().into_iter().filter(|r| r.is_ews()).collect()
