@@ -50,6 +50,9 @@ pub struct Config {
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Inbound listener settings.
@@ -285,6 +288,16 @@ pub struct LimitsConfig {
     /// Largest request head in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Concurrent requests per acted-as mailbox, streaming subscriptions included (Exchange
+    /// Online allows 27 per mailbox); 0: no cap.
+    #[serde(default = "default_per_mailbox")]
+    pub max_concurrent_requests_per_mailbox: usize,
+    /// Sustained requests per second per principal; 0: no cap.
+    #[serde(default = "default_principal_rate")]
+    pub requests_per_second_per_principal: u32,
+    /// Requests a principal may send at once above its sustained rate.
+    #[serde(default = "default_principal_burst")]
+    pub request_burst_per_principal: u32,
 }
 
 impl Default for LimitsConfig {
@@ -294,10 +307,22 @@ impl Default for LimitsConfig {
             max_envelope_head_bytes: default_max_prefix(),
             header_read_timeout_seconds: default_header_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            max_concurrent_requests_per_mailbox: default_per_mailbox(),
+            requests_per_second_per_principal: default_principal_rate(),
+            request_burst_per_principal: default_principal_burst(),
         }
     }
 }
 
+fn default_per_mailbox() -> usize {
+    27
+}
+fn default_principal_rate() -> u32 {
+    20
+}
+fn default_principal_burst() -> u32 {
+    60
+}
 fn default_realm() -> String {
     "ews-gateway".to_owned()
 }

@@ -184,6 +184,7 @@ pub fn gateway_config(
             refresh_before_expiry_seconds: 300,
         }],
         limits: LimitsConfig::default(),
+        audit: Default::default(),
     })
 }
 

@@ -60,6 +60,15 @@ pub enum GatewayError {
         /// What the client is told to wait.
         retry_after: Duration,
     },
+    /// The caller is over one of the gateway's limits (rate per principal, concurrency per
+    /// mailbox); answered like Exchange's own throttling so clients back off and retry.
+    #[error("{message}")]
+    Throttled {
+        /// Sentence naming the limit.
+        message: String,
+        /// What the client is told to wait.
+        retry_after: Duration,
+    },
     /// A dependency refused the gateway itself (misconfiguration an operator must fix).
     #[error("{message}")]
     Misconfigured {
@@ -80,6 +89,7 @@ impl GatewayError {
             Self::Refused { .. } => "refused",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Unavailable { .. } => "unavailable",
+            Self::Throttled { .. } => "throttled",
             Self::Misconfigured { .. } => "misconfigured",
         }
     }
@@ -89,7 +99,7 @@ impl GatewayError {
         match self {
             Self::Refused { code, .. } => Some(code),
             Self::PayloadTooLarge { .. } => Some("ErrorMessageSizeExceeded"),
-            Self::Unavailable { .. } => Some("ErrorServerBusy"),
+            Self::Unavailable { .. } | Self::Throttled { .. } => Some("ErrorServerBusy"),
             Self::Misconfigured { .. } => Some("ErrorInternalServerError"),
             _ => None,
         }
@@ -126,20 +136,11 @@ impl GatewayError {
                 side,
                 message,
                 retry_after,
-            } => {
-                let backoff = retry_after.as_millis().to_string();
-                let text = format!("{} {message}", side_prefix(side));
-                let mut resp = fault(
-                    "ErrorServerBusy",
-                    &text,
-                    &[("BackOffMilliseconds", &backoff)],
-                );
-                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-                {
-                    resp.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                resp
-            }
+            } => server_busy(&format!("{} {message}", side_prefix(side)), retry_after),
+            Self::Throttled {
+                message,
+                retry_after,
+            } => server_busy(&format!("ews-gateway: {message}"), retry_after),
             Self::Misconfigured { side, message } => fault(
                 "ErrorInternalServerError",
                 &format!("{} {message}", side_prefix(side)),
@@ -159,6 +160,21 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// `ErrorServerBusy` with the back-off both in the fault (EWS clients read
+/// `BackOffMilliseconds`) and in `Retry-After`.
+fn server_busy(text: &str, retry_after: Duration) -> Response<Body> {
+    let backoff = retry_after.as_millis().to_string();
+    let mut resp = fault(
+        "ErrorServerBusy",
+        text,
+        &[("BackOffMilliseconds", &backoff)],
+    );
+    if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    resp
 }
 
 fn side_prefix(side: Side) -> &'static str {

@@ -6,6 +6,7 @@
 //!   tests and `demo` run against.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod autodiscover;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod http_util;
+pub mod limits;
 pub mod lockout;
 pub mod policy;
 pub mod proxy;
@@ -21,6 +23,8 @@ pub mod rewrite;
 pub mod server;
 pub mod sim;
 pub mod soap;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod tracked;
 pub mod upstream;

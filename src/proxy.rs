@@ -6,6 +6,7 @@
 //! [`GatewayError::into_response`], the one place errors are mapped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,43 +14,58 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::{CredentialStore, Principal, parse_basic};
 use crate::autodiscover::{self, Flavor};
 use crate::error::GatewayError;
 use crate::http_util::{self, Body, ConnInfo};
+use crate::limits::{MailboxSlot, MailboxSlots, PrincipalRate};
 use crate::lockout::Lockout;
 use crate::policy;
 use crate::rewrite::{PrefixScanner, RewriteLimits, ScannedHead};
 use crate::soap::{ConnectingSid, ConnectingSidKind};
+use crate::telemetry;
 use crate::token::TokenSource;
+use crate::tracked::{CloseOnDrain, OnEnd, Tracked};
 use crate::upstream::{DocumentCall, EwsCall, Upstream, forwardable_request_headers};
 
 /// Largest unauthenticated body the gateway reads and discards to keep the connection usable.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
-/// Everything the request path needs; shared by all connections.
+/// Everything the request path needs; shared by all connections. A reload builds a new one;
+/// the fields that must outlive a reload (lockouts, limits in flight, the audit writer, the
+/// drain signal) are shared `Arc`s carried over.
 pub struct Gateway<U> {
     /// Realm of the Basic challenge.
     pub realm: String,
     /// Users and their policy; swapped whole on reload.
     pub users: ArcSwap<CredentialStore>,
     /// Failed-login tracking and lockouts.
-    pub lockout: Lockout,
+    pub lockout: Arc<Lockout>,
     /// Where clients reach the gateway, for Autodiscover answers.
     pub public_url: Option<String>,
     /// Tokens per tenant.
-    pub tokens: TokenSource,
+    pub tokens: Arc<TokenSource>,
     /// The backend.
     pub upstream: U,
     /// Largest request body.
     pub max_body_bytes: u64,
     /// Largest envelope head.
     pub max_envelope_head_bytes: usize,
+    /// Concurrent requests per acted-as mailbox.
+    pub mailbox_slots: Arc<MailboxSlots>,
+    /// Request rate per principal.
+    pub principal_rate: Arc<PrincipalRate>,
+    /// The audit trail.
+    pub audit: Arc<AuditLog>,
+    /// Cancelled when the gateway drains for shutdown: streaming responses then close cleanly.
+    pub draining: CancellationToken,
 }
 
 /// What the gateway served, for the audit line.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Audit {
     principal: Option<String>,
     mailbox: Option<String>,
@@ -57,6 +73,14 @@ struct Audit {
     operation: Option<String>,
     upstream_request_id: Option<String>,
     outcome: &'static str,
+    /// Request body bytes read before forwarding started.
+    bytes_in: u64,
+    /// Request body bytes streamed upstream after the head.
+    streamed_in: Option<Arc<AtomicU64>>,
+    /// The mailbox's concurrency slot, held until the response body ends.
+    slot: Option<MailboxSlot>,
+    /// A streaming-notification response.
+    streaming: bool,
 }
 
 /// Which local resource a request path names.
@@ -87,12 +111,16 @@ pub async fn handle<U: Upstream>(
     conn: ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
+    let wall = std::time::SystemTime::now();
     let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let client_request_id = req
         .headers()
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let in_flight = metrics::gauge!(telemetry::IN_FLIGHT);
+    in_flight.increment(1.0);
     let mut audit = Audit::default();
     let result = if let Some(flavor) = autodiscover::flavor(req.uri().path()) {
         autodiscover_request(&gw, req, conn, flavor, &mut audit).await
@@ -115,25 +143,91 @@ pub async fn handle<U: Upstream>(
         }
         Err(err) => {
             audit.outcome = err.kind();
+            audit.streaming = false;
+            if let GatewayError::Throttled { .. } = &err {
+                tracing::info!(principal = audit.principal.as_deref().unwrap_or("-"), reason = %err, "throttled");
+            }
             err.into_response(&gw.realm)
         }
     };
-    tracing::info!(
-        target: "audit",
-        peer = %conn.peer,
-        method = %method,
-        principal = audit.principal.as_deref().unwrap_or("-"),
-        mailbox = audit.mailbox.as_deref().unwrap_or("-"),
-        tenant = audit.tenant.as_deref().unwrap_or("-"),
-        operation = audit.operation.as_deref().unwrap_or("-"),
-        status = response.status().as_u16(),
-        outcome = audit.outcome,
-        duration_ms = started.elapsed().as_millis() as u64,
-        client_request_id = client_request_id.as_deref().unwrap_or("-"),
-        upstream_request_id = audit.upstream_request_id.as_deref().unwrap_or("-"),
-        "request"
-    );
-    response
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let close = audit
+        .streaming
+        .then(|| CloseOnDrain::new(gw.draining.clone()));
+    if audit.streaming {
+        metrics::gauge!(telemetry::STREAMING).increment(1.0);
+    }
+    let sink = Arc::clone(&gw.audit);
+    let peer = conn.peer.ip().to_string();
+    let on_end: OnEnd = Box::new(move |bytes_out, completed| {
+        let Audit {
+            principal,
+            mailbox,
+            tenant,
+            operation,
+            upstream_request_id,
+            outcome,
+            bytes_in,
+            streamed_in,
+            slot,
+            streaming,
+        } = audit;
+        drop(slot);
+        let bytes_in = bytes_in + streamed_in.map_or(0, |n| n.load(Ordering::Relaxed));
+        let duration = started.elapsed();
+        let outcome = if completed || outcome != "forwarded" {
+            outcome
+        } else {
+            "client_gone"
+        };
+        let op_label = telemetry::operation_label(operation.as_deref());
+        metrics::counter!(telemetry::REQUESTS, "operation" => op_label, "status" => status.to_string(), "outcome" => outcome).increment(1);
+        metrics::histogram!(telemetry::REQUEST_DURATION, "operation" => op_label)
+            .record(duration.as_secs_f64());
+        metrics::counter!(telemetry::BYTES, "direction" => "in").increment(bytes_in);
+        metrics::counter!(telemetry::BYTES, "direction" => "out").increment(bytes_out);
+        in_flight.decrement(1.0);
+        if streaming {
+            metrics::gauge!(telemetry::STREAMING).decrement(1.0);
+        }
+        tracing::info!(
+            target: "audit",
+            peer = %peer,
+            method = %method,
+            principal = principal.as_deref().unwrap_or("-"),
+            mailbox = mailbox.as_deref().unwrap_or("-"),
+            tenant = tenant.as_deref().unwrap_or("-"),
+            operation = operation.as_deref().unwrap_or("-"),
+            status,
+            outcome,
+            bytes_in,
+            bytes_out,
+            duration_ms = duration.as_millis() as u64,
+            client_request_id = client_request_id.as_deref().unwrap_or("-"),
+            upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
+            "request"
+        );
+        sink.record(&AuditRecord {
+            event: "request".to_owned(),
+            ts: crate::audit::timestamp(wall),
+            principal,
+            peer,
+            tenant,
+            mailbox,
+            operation,
+            method: method.to_string(),
+            path,
+            status,
+            outcome: outcome.to_owned(),
+            bytes_in,
+            bytes_out,
+            duration_ms: duration.as_millis() as u64,
+            client_request_id,
+            upstream_request_id,
+        });
+    });
+    Response::from_parts(parts, Tracked::new(body, on_end, close).boxed_unsync())
 }
 
 /// Phase 1: who is calling. No credentials, malformed ones, wrong ones and locked accounts
@@ -218,6 +312,16 @@ async fn ews_post<U: Upstream>(
         Err(_) => return Ok(challenge(req, &gw.realm).await),
     };
     audit.principal = Some(principal.name.clone());
+    gw.principal_rate.check(&principal.name).map_err(|wait| {
+        throttled(
+            "principal_rate",
+            format!(
+                "{} is sending requests faster than the gateway allows; retry after the back-off.",
+                principal.name
+            ),
+            wait,
+        )
+    })?;
     let (parts, body) = req.into_parts();
     let client_content_length = body.size_hint().exact();
     if let Some(len) = client_content_length
@@ -230,11 +334,29 @@ async fn ews_post<U: Upstream>(
 
     let (head, rest, consumed) =
         scan_head(body, gw.max_envelope_head_bytes, gw.max_body_bytes).await?;
+    audit.bytes_in = consumed;
     audit.operation = head.info().operation.clone();
 
     // Phase 2: authorise, before any byte goes upstream.
     let act_as = authorise(&principal, &head)?;
     audit.mailbox = Some(act_as.value.clone());
+    let slot = gw.mailbox_slots.try_acquire(&act_as.value).ok_or_else(|| {
+        throttled(
+            "mailbox_concurrency",
+            format!(
+                "{} already has {} requests in flight through the gateway, its limit; retry when one ends.",
+                act_as.value,
+                gw.mailbox_slots.max()
+            ),
+            Duration::from_secs(1),
+        )
+    })?;
+    audit.slot = Some(slot);
+    let rest = rest.map(|body| {
+        let counter = Arc::new(AtomicU64::new(0));
+        audit.streamed_in = Some(Arc::clone(&counter));
+        counted(body, counter)
+    });
     let anchor = choose_anchor(&principal, &parts.headers, &act_as.value);
     let tenant = gw.tokens.for_mailbox(&act_as.value).ok_or_else(|| GatewayError::Refused {
         code: "ErrorNonExistentMailbox",
@@ -261,9 +383,30 @@ async fn ews_post<U: Upstream>(
         headers,
         anchor,
     };
+    let streaming = audit.operation.as_deref() == Some("GetStreamingEvents");
     let answer = gw.upstream.call(call).await?;
     audit.upstream_request_id = answer.upstream_request_id;
+    audit.streaming = streaming && answer.response.status().is_success();
     Ok(answer.response)
+}
+
+fn throttled(limit: &'static str, message: String, retry_after: Duration) -> GatewayError {
+    metrics::counter!(telemetry::THROTTLED, "limit" => limit).increment(1);
+    GatewayError::Throttled {
+        message,
+        retry_after,
+    }
+}
+
+/// Counts the bytes of a request body as they stream through.
+fn counted(body: Body, counter: Arc<AtomicU64>) -> Body {
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    })
+    .boxed_unsync()
 }
 
 /// Reads the body until the envelope head is complete; returns the head, the unread rest (None
@@ -430,6 +573,7 @@ async fn autodiscover_request<U: Upstream>(
                 .to_owned(),
         })?
         .to_bytes();
+    audit.bytes_in = body.len() as u64;
     match flavor {
         Flavor::Pox => Ok(xml_ok(
             autodiscover::pox(&principal, &body, &url),

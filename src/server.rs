@@ -8,9 +8,11 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::auth::CredentialStore;
 use crate::config::{Config, ConfigError};
 use crate::http_util::{self, ServeOptions};
+use crate::limits::{MailboxSlots, PrincipalRate};
 use crate::proxy::{self, Gateway};
 use crate::token::{TenantTokens, TokenSource};
 use crate::upstream::EwsPassthrough;
@@ -51,6 +53,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The audit file cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -148,15 +153,25 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
             Arc::new(TenantTokens::new(t, credentials, http)),
         ));
     }
+    let limits = &config.limits;
     Ok(Gateway {
         realm: config.auth.realm.clone(),
         users: ArcSwap::from_pointee(users),
-        lockout: crate::lockout::Lockout::new(config.auth.lockout.clone()),
+        lockout: Arc::new(crate::lockout::Lockout::new(config.auth.lockout.clone())),
         public_url: config.listen.public_url.clone(),
-        tokens: TokenSource::new(tenants),
+        tokens: Arc::new(TokenSource::new(tenants)),
         upstream,
-        max_body_bytes: config.limits.max_body_bytes,
-        max_envelope_head_bytes: config.limits.max_envelope_head_bytes,
+        max_body_bytes: limits.max_body_bytes,
+        max_envelope_head_bytes: limits.max_envelope_head_bytes,
+        mailbox_slots: Arc::new(MailboxSlots::new(
+            limits.max_concurrent_requests_per_mailbox,
+        )),
+        principal_rate: Arc::new(PrincipalRate::new(
+            limits.requests_per_second_per_principal,
+            limits.request_burst_per_principal,
+        )),
+        audit: Arc::new(AuditLog::open(&config.audit)?),
+        draining: CancellationToken::new(),
     })
 }
 

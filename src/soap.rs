@@ -223,6 +223,14 @@ pub fn known_operation(name: &str) -> Option<&'static str> {
         .map(|i| EWS_OPERATIONS[i])
 }
 
+/// The last frame of an EWS streaming-notification response, as Exchange sends it when a
+/// connection ends: clients then reconnect with GetStreamingEvents.
+pub fn streaming_closed_frame() -> String {
+    format!(
+        "<Envelope xmlns=\"{NS_SOAP}\"><Body><m:GetStreamingEventsResponse xmlns:m=\"{NS_MESSAGES}\" xmlns:t=\"{NS_TYPES}\"><m:ResponseMessages><m:GetStreamingEventsResponseMessage ResponseClass=\"Success\"><m:ResponseCode>NoError</m:ResponseCode><m:ConnectionStatus>Closed</m:ConnectionStatus></m:GetStreamingEventsResponseMessage></m:ResponseMessages></m:GetStreamingEventsResponse></Body></Envelope>"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
