@@ -89,3 +89,182 @@ async fn scanner_may_send_but_not_read_and_nothing_denied_goes_upstream() {
     assert!(bob.body.contains("Scan 0042"), "{}", bob.body);
     demo.stop().await;
 }
+
+struct Setup {
+    sim: ews_gateway::sim::SimHandle,
+    gateway: ews_gateway::server::GatewayHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(tweak: impl FnOnce(&mut ews_gateway::config::Config)) -> Setup {
+    ews_gateway::tls::install_crypto_provider();
+    let sim = ews_gateway::sim::start(
+        ews_gateway::sim::SimConfig::builtin().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, ews_gateway::demo::demo_users_toml().unwrap()).unwrap();
+    let mut config =
+        ews_gateway::demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
+    tweak(&mut config);
+    let gateway = ews_gateway::server::start(&config).await.unwrap();
+    Setup {
+        sim,
+        gateway,
+        _dir: dir,
+    }
+}
+
+async fn open_stream(url: &str, user: (&str, &str), header: &str) -> reqwest::Response {
+    let sub = post(
+        url,
+        Some(user),
+        envelope(Some(header), "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"),
+    )
+    .await;
+    let sub_id = sub
+        .body
+        .split("<m:SubscriptionId>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let resp = client()
+        .post(url)
+        .basic_auth(user.0, Some(user.1))
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(envelope(Some(header), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{sub_id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>5</m:ConnectionTimeout></m:GetStreamingEvents>")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+#[tokio::test]
+async fn concurrency_per_mailbox_is_capped_while_streams_hold_their_slots() {
+    let s = setup(|c| c.limits.max_concurrent_requests_per_mailbox = 2).await;
+    let url = s.gateway.ews_url();
+    let first = open_stream(&url, ALICE, version_header()).await;
+    let as_alice = format!(
+        "{}{}",
+        version_header(),
+        impersonation("SmtpAddress", "alice@contoso.example")
+    );
+    let second = open_stream(&url, ARCHIVER, &as_alice).await;
+
+    s.sim.clear_requests();
+    for (who, header) in [
+        (ALICE, version_header().to_owned()),
+        (ARCHIVER, as_alice.clone()),
+    ] {
+        let busy = post(&url, Some(who), envelope(Some(&header), find_inbox())).await;
+        assert_eq!(busy.status, 500, "{}", busy.body);
+        assert_eq!(fault_code(&busy.body).as_deref(), Some("ErrorServerBusy"));
+        assert!(
+            busy.body
+                .contains("alice@contoso.example already has 2 requests in flight"),
+            "{}",
+            busy.body
+        );
+        assert!(
+            busy.body
+                .contains("<t:Value Name=\"BackOffMilliseconds\">1000</t:Value>"),
+            "{}",
+            busy.body
+        );
+        assert_eq!(busy.headers["retry-after"], "1");
+    }
+    assert!(
+        s.sim.ews_requests().is_empty(),
+        "throttled calls reach nothing upstream"
+    );
+    let bob = post(
+        &url,
+        Some(BOB),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    assert_eq!(
+        bob.status, 200,
+        "other mailboxes are not affected: {}",
+        bob.body
+    );
+
+    // Closing one stream gives its slot back.
+    drop(first);
+    let mut freed = false;
+    for _ in 0..100 {
+        let reply = post(
+            &url,
+            Some(ALICE),
+            envelope(Some(version_header()), find_inbox()),
+        )
+        .await;
+        if reply.status == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot of a closed stream is released");
+    drop(second);
+    s.gateway.stop().await;
+    s.sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_principal_over_its_rate_is_told_to_back_off_and_nothing_goes_upstream() {
+    let s = setup(|c| {
+        c.limits.requests_per_second_per_principal = 1;
+        c.limits.request_burst_per_principal = 3;
+    })
+    .await;
+    let url = s.gateway.ews_url();
+    let replies = futures_util::future::join_all((0..10).map(|_| {
+        post(
+            &url,
+            Some(ALICE),
+            envelope(Some(version_header()), find_inbox()),
+        )
+    }))
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<_> = replies
+        .iter()
+        .filter(|r| fault_code(&r.body).as_deref() == Some("ErrorServerBusy"))
+        .collect();
+    assert_eq!(ok + busy.len(), 10);
+    assert!(ok >= 3, "the burst passes: {ok}");
+    assert!(busy.len() >= 5, "the rest is throttled: {}", busy.len());
+    assert!(
+        busy[0]
+            .body
+            .contains("alice@contoso.example is sending requests faster than the gateway allows"),
+        "{}",
+        busy[0].body
+    );
+    assert_eq!(
+        s.sim.ews_requests().len(),
+        ok,
+        "only the allowed ones went upstream"
+    );
+    let bob = post(
+        &url,
+        Some(BOB),
+        envelope(Some(version_header()), find_inbox()),
+    )
+    .await;
+    assert_eq!(
+        bob.status, 200,
+        "principals are limited apart: {}",
+        bob.body
+    );
+    s.gateway.stop().await;
+    s.sim.stop().await;
+}
