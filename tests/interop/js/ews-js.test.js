@@ -195,6 +195,53 @@ test('sync a folder: SyncFolderItems returns every item, then nothing, then the 
   assert.equal(one._getItem(0).Item.Subject, subject);
 });
 
+test('streaming notifications: bob hears of alice\'s mail (NewMail and Created)', async () => {
+  const bob = service(BOB);
+  const sub = await bob.SubscribeToStreamingNotifications(
+    [new ews.FolderId(ews.WellKnownFolderName.Inbox)],
+    ews.EventType.NewMail,
+    ews.EventType.Created,
+  );
+  assert.ok(sub.Id, 'a subscription id');
+  const conn = new ews.StreamingSubscriptionConnection(bob, 1);
+  conn.AddSubscription(sub);
+  const events = [];
+  let timer;
+  const heard = new Promise((resolve, reject) => {
+    conn.OnNotificationEvent.push((_sender, args) => {
+      events.push(...args.Events);
+      if (events.some((e) => e.EventType === ews.EventType.Created)) resolve();
+    });
+    conn.OnSubscriptionError.push((_sender, args) => reject(args.Exception || new Error('subscription error')));
+    // A lost stream is a failure: without notifications within the connection's life there is none.
+    timer = setTimeout(() => reject(new Error(`no Created event within 30 s: ${JSON.stringify(events.map((e) => e.EventType))}`)), 30000);
+  });
+  try {
+    conn.Open();
+    // The connection is hanging; the mail arrives afterwards, so the events come over the stream.
+    await new Promise((r) => setTimeout(r, 500));
+    const subject = `Streamed ${randomUUID()}`;
+    const alice = service(ALICE);
+    const msg = new ews.EmailMessage(alice);
+    msg.Subject = subject;
+    msg.Body = new ews.MessageBody(ews.BodyType.Text, 'x');
+    msg.ToRecipients.Add('bob@contoso.example');
+    await msg.Send();
+    await heard;
+    const kinds = events.map((e) => e.EventType);
+    assert.ok(kinds.includes(ews.EventType.NewMail), JSON.stringify(kinds));
+    const created = events.find((e) => e.EventType === ews.EventType.Created);
+    const inbox = await ews.Folder.Bind(bob, ews.WellKnownFolderName.Inbox, ews.PropertySet.IdOnly);
+    assert.equal(created.ParentFolderId.UniqueId, inbox.Id.UniqueId);
+    const item = await ews.EmailMessage.Bind(bob, created.ItemId);
+    assert.equal(item.Subject, subject);
+  } finally {
+    clearTimeout(timer);
+    conn.Close();
+    await sub.Unsubscribe();
+  }
+});
+
 test('archiver reads alice through ImpersonatedUserId', async () => {
   await clearSimRequests();
   const svc = service(ARCHIVER, 'alice@contoso.example');
