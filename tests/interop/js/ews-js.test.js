@@ -164,6 +164,7 @@ test('mark read', async () => {
   const svc = service(ALICE);
   const item = await findBySubject(svc, ews.WellKnownFolderName.Inbox, 'Scanner: document 0042');
   const msg = await ews.EmailMessage.Bind(svc, item.Id);
+  assert.equal(msg.IsRead, false, 'seeded unread');
   msg.IsRead = true;
   await msg.Update(ews.ConflictResolutionMode.AlwaysOverwrite);
   const again = await ews.EmailMessage.Bind(svc, item.Id);
