@@ -69,6 +69,9 @@ pub enum DemoError {
     /// Hashing a demo password failed.
     #[error("hashing demo passwords: {0}")]
     Hash(String),
+    /// Generating the demo's TLS certificate failed.
+    #[error("demo TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running demo.
@@ -78,8 +81,10 @@ pub struct Demo {
     pub sim: SimHandle,
     /// The gateway in front of it.
     pub gateway: GatewayHandle,
-    /// Directory holding the generated users file.
+    /// Directory holding the generated users file (and TLS material).
     pub dir: PathBuf,
+    /// With TLS: the generated CA certificate (PEM) clients must trust.
+    pub ca_pem: Option<String>,
 }
 
 impl Demo {
@@ -190,12 +195,40 @@ pub fn gateway_config(
 
 /// Starts the simulator (plain HTTP on an ephemeral loopback port) and the gateway on `listen`.
 pub async fn start(listen: SocketAddr, sim_config: SimConfig) -> Result<Demo, DemoError> {
+    start_with(listen, sim_config, None).await
+}
+
+/// As [`start`]; with `tls_names` the gateway serves HTTPS with a certificate for those DNS
+/// names plus `localhost` and `127.0.0.1`, signed by a CA generated for this run (so a client
+/// can be pointed at a mail domain's Autodiscover names, e.g. `autodiscover.contoso.example`).
+pub async fn start_with(
+    listen: SocketAddr,
+    sim_config: SimConfig,
+    tls_names: Option<&[String]>,
+) -> Result<Demo, DemoError> {
     let sim = sim::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let dir = std::env::temp_dir().join(format!("ews-gateway-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     let users_file = dir.join("users.toml");
     std::fs::write(&users_file, demo_users_toml()?)?;
-    let config = gateway_config(&sim, listen, users_file)?;
+    let mut config = gateway_config(&sim, listen, users_file)?;
+    let mut ca_pem = None;
+    if let Some(names) = tls_names {
+        let mut all = names.to_vec();
+        all.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        let pki = crate::tls::generate_pki(&all)?;
+        let (cert, key) = (dir.join("gateway-cert.pem"), dir.join("gateway-key.pem"));
+        std::fs::write(&cert, &pki.server_cert_pem)?;
+        std::fs::write(&key, &pki.server_key_pem)?;
+        config.listen.tls_cert = Some(cert);
+        config.listen.tls_key = Some(key);
+        ca_pem = Some(pki.ca_cert_pem);
+    }
     let gateway = server::start(&config).await?;
-    Ok(Demo { sim, gateway, dir })
+    Ok(Demo {
+        sim,
+        gateway,
+        dir,
+        ca_pem,
+    })
 }

@@ -60,6 +60,17 @@ struct DemoArgs {
     /// Address the gateway listens on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve HTTPS with a CA generated for this run and a certificate for localhost,
+    /// 127.0.0.1 and every --tls-name.
+    #[arg(long)]
+    https: bool,
+    /// An extra DNS name for the HTTPS certificate (repeatable), e.g. contoso.example and
+    /// autodiscover.contoso.example for an Autodiscover client.
+    #[arg(long = "tls-name", value_name = "NAME", requires = "https")]
+    tls_names: Vec<String>,
+    /// Where to write the generated CA certificate (PEM); default: the demo's temporary directory.
+    #[arg(long, requires = "https")]
+    ca_out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,8 +151,22 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 
 #[allow(clippy::print_stdout)]
 async fn run_demo(args: DemoArgs) -> Result<()> {
-    let demo = ews_gateway::demo::start(args.listen, sim::SimConfig::builtin()?).await?;
+    let tls_names = args.https.then_some(args.tls_names.as_slice());
+    let demo =
+        ews_gateway::demo::start_with(args.listen, sim::SimConfig::builtin()?, tls_names).await?;
     let url = demo.gateway.ews_url();
+    let ca_file = match &demo.ca_pem {
+        Some(pem) => {
+            let path = args
+                .ca_out
+                .clone()
+                .unwrap_or_else(|| demo.dir.join("demo-ca.pem"));
+            std::fs::write(&path, pem)
+                .with_context(|| format!("writing the CA to {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     println!("ews-gateway demo: the gateway is listening in front of a simulated Exchange Online.");
     println!();
     println!("  EWS URL (give this to legacy clients)  {url}");
@@ -149,6 +174,12 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         "  simulated Exchange Online              {}",
         demo.sim.base_url()
     );
+    if let Some(path) = &ca_file {
+        println!(
+            "  CA certificate (trust it)              {}",
+            path.display()
+        );
+    }
     println!();
     println!("Demo users (Basic auth):");
     for user in ews_gateway::demo::DEMO_USERS {

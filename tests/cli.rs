@@ -190,6 +190,59 @@ async fn demo_prints_its_url_and_challenges_without_credentials() {
     );
 }
 
+/// `demo --https --tls-name`: the certificate covers the extra name, is signed by the CA written to
+/// --ca-out, and nothing else is trusted.
+#[tokio::test]
+async fn demo_https_serves_a_certificate_for_the_tls_names() {
+    let dir = std::env::temp_dir().join(format!("ews-cli-demo-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_out = dir.join("ca.pem");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--https"])
+        .args(["--tls-name", "autodiscover.contoso.example", "--ca-out"])
+        .arg(&ca_out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_stdout_line(&mut child, "EWS URL");
+    let _guard = Killed(child);
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let addr: std::net::SocketAddr = url["https://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_out).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("autodiscover.contoso.example", addr)
+        .resolve("other.contoso.example", addr)
+        .build()
+        .unwrap();
+    let named = format!(
+        "https://autodiscover.contoso.example:{}/autodiscover/autodiscover.svc",
+        addr.port()
+    );
+    let resp = client.post(&named).body("<x/>").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // A name the certificate does not cover fails the handshake.
+    let other = format!(
+        "https://other.contoso.example:{}/EWS/Exchange.asmx",
+        addr.port()
+    );
+    assert!(client.post(&other).body("<x/>").send().await.is_err());
+    // Without the CA nothing verifies.
+    let untrusting = reqwest::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap();
+    assert!(untrusting.post(&url).body("<x/>").send().await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn sim_faults_flag_injects_from_the_start() {
     let mut child = Command::new(BIN)

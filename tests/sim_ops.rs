@@ -923,6 +923,48 @@ async fn sync_folder_items_reports_only_changes() {
     );
 }
 
+/// Exchange reports a deletion only to a client that could have seen the item: a first sync (no
+/// state) lists what is there, and an item created and removed between two syncs is not reported.
+#[tokio::test]
+async fn sync_folder_items_reports_deletions_only_of_items_seen() {
+    let h = start().await;
+    let s = &h.state;
+    let sync = |state: &str| {
+        let state = if state.is_empty() {
+            String::new()
+        } else {
+            format!("<m:SyncState>{state}</m:SyncState>")
+        };
+        format!(
+            r#"<m:SyncFolderItems><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id="inbox"/></m:SyncFolderId>{state}<m:MaxChangesReturned>512</m:MaxChangesReturned></m:SyncFolderItems>"#
+        )
+    };
+    let kinds = |r: &Element| -> Vec<String> {
+        first(r, "Changes")
+            .elements()
+            .map(|e| e.local.clone())
+            .collect()
+    };
+    let r = call(s, BOB, &sync("")).await;
+    let state1 = text(single(&r), "SyncState");
+    // Welcome moves out of the inbox; a new delivery arrives and is deleted again.
+    let (welcome, _) = item_id(s, BOB, &dist("inbox"), "Welcome, Bob").await;
+    call(s, BOB, &format!(r#"<m:MoveItem><m:ToFolderId><t:DistinguishedFolderId Id="junkemail"/></m:ToFolderId><m:ItemIds><t:ItemId Id="{welcome}"/></m:ItemIds></m:MoveItem>"#)).await;
+    call(s, ALICE, &send_mail("SendOnly", "Short-lived", BOB)).await;
+    let (short, _) = item_id(s, BOB, &dist("inbox"), "Short-lived").await;
+    call(s, BOB, &format!(r#"<m:DeleteItem DeleteType="HardDelete"><m:ItemIds><t:ItemId Id="{short}"/></m:ItemIds></m:DeleteItem>"#)).await;
+    // The earlier client sees Welcome deleted, and nothing of the short-lived item.
+    let r = call(s, BOB, &sync(&state1)).await;
+    let msg = single(&r);
+    assert_eq!(kinds(msg), ["Delete"]);
+    assert_eq!(first(msg, "ItemId").attr("Id"), Some(welcome.as_str()));
+    // A new client's first sync lists no deletions at all: the inbox is empty now.
+    let r = call(s, BOB, &sync("")).await;
+    let msg = single(&r);
+    assert_eq!(code(msg), "NoError");
+    assert!(kinds(msg).is_empty(), "{:?}", kinds(msg));
+}
+
 #[tokio::test]
 async fn sync_folder_hierarchy_lists_folders_once() {
     let h = start().await;

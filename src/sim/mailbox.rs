@@ -422,6 +422,8 @@ pub struct Tombstone {
     pub folder: String,
     /// Its id there.
     pub item_id: String,
+    /// Sequence at which it had entered that folder.
+    pub entered_seq: u64,
     /// Sequence of the removal.
     pub seq: u64,
 }
@@ -883,6 +885,7 @@ impl Data {
         mbx.tombstones.push(Tombstone {
             folder: item.folder.clone(),
             item_id: item.id.clone(),
+            entered_seq: item.entered_seq,
             seq,
         });
         let ck = item.change_key();
@@ -905,6 +908,7 @@ impl Data {
         let mbx = self.mailbox_mut(&key)?;
         let item = mbx.items.iter_mut().find(|i| i.id == id)?;
         let old = (item.id.clone(), item.folder.clone());
+        let old_entered = item.entered_seq;
         item.id = new_id.clone();
         item.folder = to.to_owned();
         item.entered_seq = seq;
@@ -913,6 +917,7 @@ impl Data {
         mbx.tombstones.push(Tombstone {
             folder: old.1.clone(),
             item_id: old.0.clone(),
+            entered_seq: old_entered,
             seq,
         });
         self.emit(
@@ -977,9 +982,9 @@ impl Data {
             }
         }
         for tomb in &mbx.tombstones {
-            // An item created and removed between two syncs yields a Delete of an id the
-            // client never saw; clients ignore those, and tracking it is not worth it.
-            if tomb.folder == folder && tomb.seq > since {
+            // Only items the client could have seen (there at `since`) are reported deleted, as
+            // Exchange does: a first sync (no state) never lists deletions.
+            if tomb.folder == folder && tomb.seq > since && tomb.entered_seq <= since {
                 changes.push((tomb.seq, SyncChange::Delete(tomb.item_id.clone())));
             }
         }

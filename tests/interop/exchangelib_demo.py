@@ -1,20 +1,30 @@
-"""exchangelib (real client, Basic auth) against `ews-gateway demo`.
+"""exchangelib (real client, Basic auth) against `ews-gateway demo --https`.
 
-Usage: python3 exchangelib_demo.py EWS_URL SIM_BASE_URL
+Usage: python3 exchangelib_demo.py EWS_URL SIM_BASE_URL CA_FILE
 Each scenario asserts what the library returns or raises; the simulator's request log
-(`/_sim/requests`) shows what reached "Exchange".
+(`/_sim/requests`) shows what reached "Exchange". The gateway serves HTTPS with a certificate
+for localhost, 127.0.0.1, contoso.example and autodiscover.contoso.example signed by CA_FILE.
 """
+import contextlib
 import json
+import os
+import socket
 import sys
 import unittest
+import urllib.parse
 import urllib.request
 import uuid
+from unittest import mock
 
+import dns.resolver
 from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FileAttachment, Message
+from exchangelib.autodiscover import clear_cache
+from exchangelib.autodiscover.discovery import Autodiscovery
 from exchangelib.errors import ErrorImpersonateUserDenied, UnauthorizedError
+from exchangelib.properties import CreatedEvent, NewMailEvent
 from exchangelib.transport import BASIC
 
-EWS_URL = SIM_URL = None
+EWS_URL = SIM_URL = CA_FILE = None
 
 
 def account(login, password, mailbox=None, access_type=DELEGATE):
@@ -35,6 +45,43 @@ def sim_requests():
 def clear_sim_requests():
     req = urllib.request.Request(f"{SIM_URL}/_sim/requests", method="DELETE")
     urllib.request.urlopen(req).close()
+
+
+AUTODISCOVER_HOST = "autodiscover.contoso.example"
+
+
+@contextlib.contextmanager
+def autodiscover_names():
+    """Makes this process see a DNS where `autodiscover.contoso.example` is the gateway (on 443)
+    and the bare domain has no host, like a tenant whose web site is elsewhere. Records the DNS
+    names asked and the (host, port) pairs connected to."""
+    gateway = urllib.parse.urlsplit(EWS_URL)
+    looked_up = {"dns": [], "connect": []}
+    real_getaddrinfo = socket.getaddrinfo
+
+    class Resolver:
+        def resolve(self, qname, rdtype="A", **_kwargs):
+            name = str(qname).rstrip(".").lower()
+            looked_up["dns"].append(name)
+            if name == AUTODISCOVER_HOST and rdtype == "A":
+                return [gateway.hostname]
+            raise dns.resolver.NXDOMAIN()
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if isinstance(host, str) and host.lower().endswith("contoso.example"):
+            looked_up["connect"].append((host.lower(), int(port)))
+            if host.lower() != AUTODISCOVER_HOST or int(port) != 443:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return real_getaddrinfo(gateway.hostname, gateway.port, *args, **kwargs)
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    clear_cache()
+    with mock.patch.object(Autodiscovery, "resolver", Resolver()), \
+            mock.patch.object(socket, "getaddrinfo", getaddrinfo):
+        try:
+            yield looked_up
+        finally:
+            clear_cache()
 
 
 class Demo(unittest.TestCase):
@@ -125,13 +172,69 @@ class Demo(unittest.TestCase):
         found = list(alice.protocol.resolve_names(["bob"]))
         self.assertTrue(any("bob@contoso.example" in str(r) for r in found), found)
 
+    def test_impersonation_header_reaches_exchange_for_the_impersonated_mailbox(self):
+        clear_sim_requests()
+        archiver = account("archiver@contoso.example", "archiver-demo-pass",
+                           mailbox="alice@contoso.example", access_type=IMPERSONATION)
+        self.assertEqual(archiver.access_type, IMPERSONATION)
+        archiver.inbox.get(subject="Quarterly report")
+        ews = [r for r in sim_requests() if "/ews/" in r["path"].lower()]
+        self.assertTrue(ews)
+        for r in ews:
+            self.assertRegex(r["body"], r"<t:ExchangeImpersonation[^>]*><t:ConnectingSID>"
+                                        r"<t:PrimarySmtpAddress>alice@contoso\.example</t:PrimarySmtpAddress>")
+            self.assertNotIn("archiver@contoso.example", r["body"])
+
+    def test_streaming_notifications_of_a_new_mail(self):
+        bob = account("bob@contoso.example", "bob-demo-pass")
+        subscription = bob.inbox.subscribe_to_streaming()
+        try:
+            subject = f"Streamed {uuid.uuid4()}"
+            alice = account("alice@contoso.example", "alice-demo-pass")
+            Message(account=alice, subject=subject, body="x", to_recipients=["bob@contoso.example"]).send()
+            events = []
+            for notification in bob.inbox.get_streaming_events(
+                    subscription, connection_timeout=1, max_notifications_returned=1):
+                events.extend(notification.events)
+            kinds = {type(e) for e in events}
+            self.assertIn(NewMailEvent, kinds, events)
+            self.assertIn(CreatedEvent, kinds, events)
+            created = next(e for e in events if isinstance(e, CreatedEvent))
+            self.assertEqual(created.parent_folder_id.id, bob.inbox.id)
+            [item] = list(bob.fetch(ids=[(created.item_id.id, created.item_id.changekey)]))
+            self.assertEqual(item.subject, subject)
+        finally:
+            self.assertTrue(bob.inbox.unsubscribe(subscription))
+
+    def test_autodiscover_finds_the_gateway(self):
+        with autodiscover_names() as looked_up:
+            creds = Credentials("alice@contoso.example", "alice-demo-pass")
+            alice = Account("alice@contoso.example", credentials=creds, autodiscover=True, access_type=DELEGATE)
+            self.assertEqual(alice.protocol.service_endpoint,
+                             "https://autodiscover.contoso.example/EWS/Exchange.asmx")
+            self.assertEqual(alice.primary_smtp_address, "alice@contoso.example")
+            self.assertIn("Quarterly report", [m.subject for m in alice.inbox.all()])
+        # Step 1 (the bare domain) found no host; step 2 (autodiscover.<domain>) answered.
+        self.assertEqual(looked_up["dns"][:2], ["contoso.example", "autodiscover.contoso.example"])
+        self.assertIn(("autodiscover.contoso.example", 443), looked_up["connect"])
+
+    def test_autodiscover_with_a_wrong_password_fails(self):
+        with autodiscover_names():
+            creds = Credentials("alice@contoso.example", "wrong")
+            with self.assertRaises(UnauthorizedError) as ctx:
+                Account("alice@contoso.example", credentials=creds, autodiscover=True, access_type=DELEGATE)
+            self.assertEqual(str(ctx.exception),
+                             "Invalid credentials for https://autodiscover.contoso.example/autodiscover/autodiscover.svc")
+
     def test_wrong_password_is_unauthorized(self):
         with self.assertRaises(UnauthorizedError):
             list(account("alice@contoso.example", "wrong").inbox.all())
 
 
 if __name__ == "__main__":
-    EWS_URL, SIM_URL = sys.argv[1], sys.argv[2]
+    EWS_URL, SIM_URL, CA_FILE = sys.argv[1], sys.argv[2], sys.argv[3]
+    # requests (under exchangelib) verifies the gateway's certificate against this CA only.
+    os.environ["REQUESTS_CA_BUNDLE"] = CA_FILE
     result = unittest.main(argv=sys.argv[:1], verbosity=2, exit=False).result
     failed = len(result.failures) + len(result.errors)
     print(f"exchangelib: {result.testsRun - failed} passed, {failed} failed")

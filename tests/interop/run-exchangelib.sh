@@ -4,10 +4,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-$here/../../target/release/ews-gateway}"
-log="$(mktemp)"
-"$bin" demo --listen 127.0.0.1:0 >"$log" 2>&1 &
+work="$(mktemp -d)"
+log="$work/demo.log"
+# HTTPS with a certificate for the demo domain's Autodiscover names (the Autodiscover scenario).
+"$bin" demo --listen 127.0.0.1:0 --https --tls-name contoso.example \
+  --tls-name autodiscover.contoso.example --ca-out "$work/ca.pem" >"$log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do
   grep -q "EWS URL" "$log" && break
   kill -0 $pid 2>/dev/null || { cat "$log"; echo "demo exited early"; exit 1; }
@@ -17,4 +20,4 @@ ews_url=$(awk '/^  EWS URL/ {print $NF; exit}' "$log")
 sim_url=$(awk '/^  simulated Exchange Online/ {print $NF; exit}' "$log")
 [ -n "$ews_url" ] && [ -n "$sim_url" ] || { cat "$log"; echo "could not read the demo's URLs"; exit 1; }
 echo "gateway $ews_url, simulator $sim_url"
-python3 "$here/exchangelib_demo.py" "$ews_url" "$sim_url"
+python3 "$here/exchangelib_demo.py" "$ews_url" "$sim_url" "$work/ca.pem"
