@@ -53,6 +53,60 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// The admin listener: health, readiness, metrics.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging, and reloading without a restart.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[admin]`: a separate plain-HTTP listener for probes and Prometheus. It exposes no user
+/// data; keep it on loopback or a cluster-internal address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address for `/live`, `/ready` and `/metrics`, e.g. `127.0.0.1:9090`. Unset: no admin
+    /// listener.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+}
+
+/// `[runtime]`: logging and live changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Log filter (`info`, `debug`, `ews_gateway=debug,info`); `RUST_LOG` overrides it at start.
+    /// Applied again on every reload, so the level changes without a restart.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Seconds between checks of the configuration, users file and TLS files for changes (a
+    /// change reloads, as SIGHUP does); 0: only SIGHUP reloads.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval_seconds: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM before they are cut.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            log_level: default_log_level(),
+            watch_interval_seconds: default_watch_interval(),
+            shutdown_grace_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_watch_interval() -> u64 {
+    5
+}
+fn default_grace() -> u64 {
+    30
 }
 
 /// Inbound listener settings.
@@ -119,7 +173,7 @@ pub struct UpstreamConfig {
 }
 
 /// An Entra tenant and the app registration the gateway uses in it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant id (GUID) or its initial domain.
@@ -231,7 +285,7 @@ impl TenantConfig {
 }
 
 /// One client credential of a tenant's app: a certificate (key and certificate PEM) or a secret.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     /// Certificate registered on the app (PEM).
@@ -427,6 +481,21 @@ impl Config {
                 "auth.users_file: {} is not a readable file",
                 self.auth.users_file.display()
             ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.runtime.log_level).is_err() {
+            problems.push(format!(
+                "runtime.log_level: {:?} is not a log filter (e.g. \"info\" or \"ews_gateway=debug,info\")",
+                self.runtime.log_level
+            ));
+        }
+        if self.runtime.shutdown_grace_seconds > 3600 {
+            problems.push("runtime.shutdown_grace_seconds: at most 3600".to_owned());
+        }
+        if let Some(admin) = self.admin.address
+            && admin.port() != 0
+            && admin == self.listen.address
+        {
+            problems.push("admin.address must differ from listen.address".to_owned());
         }
         if self.auth.realm.contains('"') || self.auth.realm.is_empty() {
             problems.push("auth.realm: must be non-empty and contain no double quote".to_owned());

@@ -190,6 +190,8 @@ pub fn gateway_config(
         }],
         limits: LimitsConfig::default(),
         audit: Default::default(),
+        admin: Default::default(),
+        runtime: Default::default(),
     })
 }
 

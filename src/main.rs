@@ -16,6 +16,15 @@ use ews_gateway::sim;
     about = "Basic-auth EWS in, app-only OAuth out"
 )]
 struct Cli {
+    /// Log format on standard error.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "EWS_GATEWAY_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,22 +114,56 @@ struct SimArgs {
     faults: Option<String>,
 }
 
-fn init_tracing() {
+/// Log output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    // RUST_LOG, when set, wins over the configuration's level, also across reloads.
+    let env_wins = std::env::var_os("RUST_LOG").is_some();
+    ews_gateway::telemetry::register_log_filter(Box::new(move |directive| {
+        if env_wins {
+            return Ok(());
+        }
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     ews_gateway::tls::install_crypto_provider();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => run_serve(args).await,
         Command::Demo(args) => run_demo(args).await,
@@ -141,10 +184,22 @@ async fn shutdown_signal() -> Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
-    let config = ews_gateway::config::Config::load(&args.config)?;
-    let handle = ews_gateway::server::start(&config).await?;
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let handle = ews_gateway::server::start_from_file(&args.config).await?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => { r?; break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // Refusals are logged and counted; the previous configuration keeps serving.
+                let _ = handle.reload();
+            }
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
     handle.stop().await;
     Ok(())
 }

@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditLog, AuditRecord};
@@ -104,8 +105,35 @@ pub fn route(path: &str) -> Option<Route> {
         .map(|d| Route::Document(d))
 }
 
-/// Entry point for every inbound request.
+/// Entry point for every inbound request: runs it in a span named by its request id (the
+/// client's `client-request-id`, or one the gateway makes up and sends upstream, so the
+/// gateway's log, the audit line and Exchange's logs share one id).
 pub async fn handle<U: Upstream>(
+    gw: Arc<Gateway<U>>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let given = req
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned);
+    let request_id = match given {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                req.headers_mut().insert("client-request-id", value);
+            }
+            id
+        }
+    };
+    let span = tracing::info_span!("request", id = %request_id);
+    serve_request(gw, req, conn).instrument(span).await
+}
+
+async fn serve_request<U: Upstream>(
     gw: Arc<Gateway<U>>,
     req: Request<Incoming>,
     conn: ConnInfo,

@@ -39,6 +39,25 @@ pub const AUDIT_DROPPED: &str = "ews_gateway_audit_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Changes the log filter of the running subscriber (registered by `main`).
+pub type LogFilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_FILTER: OnceLock<LogFilterSetter> = OnceLock::new();
+
+/// Registers how the log filter is changed at run time (once, by `main`).
+pub fn register_log_filter(setter: LogFilterSetter) {
+    let _ = LOG_FILTER.set(setter);
+}
+
+/// Applies a log filter directive (`info`, `ews_gateway=debug,info`) to the running subscriber;
+/// a no-op where none was registered (tests, embedding).
+pub fn set_log_filter(directive: &str) -> Result<(), String> {
+    match LOG_FILTER.get() {
+        Some(set) => set(directive),
+        None => Ok(()),
+    }
+}
+
 /// Installs the process-wide recorder (once; later calls return the same handle). `None` when
 /// another recorder was installed first.
 pub fn install() -> Option<&'static PrometheusHandle> {

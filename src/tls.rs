@@ -80,6 +80,95 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The listener's certificate, replaceable while serving (reload after a rotation): new
+/// handshakes get the new one, established connections keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert(arc_swap::ArcSwap<rustls::sign::CertifiedKey>);
+
+impl ReloadableCert {
+    /// Loads a PEM certificate chain and its key, checking that they belong together.
+    pub fn load(
+        cert_pem: &[u8],
+        cert_origin: &str,
+        key_pem: &[u8],
+        key_origin: &str,
+    ) -> Result<Self, TlsError> {
+        Ok(Self(arc_swap::ArcSwap::from_pointee(certified_key(
+            cert_pem,
+            cert_origin,
+            key_pem,
+            key_origin,
+        )?)))
+    }
+
+    /// Replaces the certificate (validated first; on error the old one stays).
+    pub fn replace(
+        &self,
+        cert_pem: &[u8],
+        cert_origin: &str,
+        key_pem: &[u8],
+        key_origin: &str,
+    ) -> Result<(), TlsError> {
+        let key = certified_key(cert_pem, cert_origin, key_pem, key_origin)?;
+        self.0.store(Arc::new(key));
+        Ok(())
+    }
+
+    /// The current certificate chain's leaf (DER), for tests and logs.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.0.load().cert.first().cloned()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    cert_origin: &str,
+    key_pem: &[u8],
+    key_origin: &str,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    install_crypto_provider();
+    let certs = certs_from_pem(cert_pem, cert_origin)?;
+    let key = key_from_pem(key_pem, key_origin)?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Key {
+            path: key_origin.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| TlsError::Key {
+        path: key_origin.to_owned(),
+        reason: format!("does not match the certificate {cert_origin}: {e}"),
+    })?;
+    Ok(certified)
+}
+
+/// A listener configuration serving whatever certificate `cert` holds at each handshake.
+pub fn reloadable_server_config(cert: Arc<ReloadableCert>) -> Arc<ServerConfig> {
+    install_crypto_provider();
+    let mut config = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// A generated CA and a server certificate it signed, all PEM.
 #[derive(Debug, Clone)]
 pub struct GeneratedPki {
