@@ -145,7 +145,39 @@ class DavMail(unittest.TestCase):
         self.assertIn(rb"\Seen", ok(imap.uid("fetch", uids[0], "(FLAGS)"))[0])
         imap.logout()
 
-    def test_6_wrong_password_is_refused(self):
+    def test_6_folder_create_move_expunge_delete(self):
+        folder = f"Archive {uuid.uuid4().hex[:8]}"
+        subject = f"To be archived {uuid.uuid4()}"
+        imap = connect()
+        ok(imap.create(f'"{folder}"'))
+        names = [re.search(rb'"([^"]*)"$', f).group(1).decode() for f in ok(imap.list())]
+        self.assertIn(folder, names)
+        # Only mail folders are listed, as DavMail asks Exchange for them.
+        self.assertNotIn("calendar", [n.lower() for n in names])
+        ok(imap.append("INBOX", None, None, new_message(subject, "archive me")))
+        ok(imap.select("INBOX"))
+        uids = ok(imap.uid("search", None, f'SUBJECT "{subject}"'))[0].split()
+        self.assertEqual(len(uids), 1)
+        ok(imap.uid("move", uids[0], f'"{folder}"'))
+        self.assertNotIn(subject, subjects_in(imap, "INBOX"))
+        # The new folder holds exactly the moved message (not another folder's content).
+        self.assertEqual(subjects_in(imap, folder), [subject])
+        uid = ok(imap.uid("search", None, "ALL"))[0].split()[0]
+        ok(imap.uid("store", uid, "+FLAGS", r"(\Deleted)"))
+        ok(imap.expunge())
+        self.assertEqual(subjects_in(imap, folder), [])
+        ok(imap.select("INBOX"))
+        ok(imap.delete(f'"{folder}"'))
+        names = [re.search(rb'"([^"]*)"$', f).group(1).decode() for f in ok(imap.list())]
+        self.assertNotIn(folder, names)
+        imap.logout()
+
+    def test_7_a_custom_folder_shows_its_own_messages(self):
+        imap = connect()
+        self.assertEqual(subjects_in(imap, "Projects"), ["Project Falcon kickoff"])
+        imap.logout()
+
+    def test_8_wrong_password_is_refused(self):
         imap = imaplib.IMAP4("127.0.0.1", IMAP_PORT, timeout=60)
         with self.assertRaises(imaplib.IMAP4.error):
             imap.login("alice@contoso.example", "wrong")
