@@ -110,7 +110,10 @@ pub async fn handle<U: Upstream>(
     };
     let response = match result {
         Ok(resp) => {
-            audit.outcome = "forwarded";
+            // A challenge answered without an error sets its own outcome.
+            if audit.outcome.is_empty() {
+                audit.outcome = "forwarded";
+            }
             resp
         }
         Err(err) => {
@@ -215,7 +218,10 @@ async fn ews_post<U: Upstream>(
     let users = gw.users.load_full();
     let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
         Ok(p) => p,
-        Err(_) => return Ok(challenge(req, &gw.realm).await),
+        Err(_) => {
+            audit.outcome = GatewayError::Unauthenticated.kind();
+            return Ok(challenge(req, &gw.realm).await);
+        }
     };
     audit.principal = Some(principal.name.clone());
     let (parts, body) = req.into_parts();
@@ -413,7 +419,10 @@ async fn autodiscover_request<U: Upstream>(
     let users = gw.users.load_full();
     let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
         Ok(p) => p,
-        Err(_) => return Ok(challenge(req, &gw.realm).await),
+        Err(_) => {
+            audit.outcome = GatewayError::Unauthenticated.kind();
+            return Ok(challenge(req, &gw.realm).await);
+        }
     };
     audit.principal = Some(principal.name.clone());
     let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
