@@ -166,7 +166,10 @@ async fn serve_request<U: Upstream>(
     };
     let response = match result {
         Ok(resp) => {
-            audit.outcome = "forwarded";
+            // A challenge answered without an error sets its own outcome.
+            if audit.outcome.is_empty() {
+                audit.outcome = "forwarded";
+            }
             resp
         }
         Err(err) => {
@@ -337,7 +340,10 @@ async fn ews_post<U: Upstream>(
     let users = gw.users.load_full();
     let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
         Ok(p) => p,
-        Err(_) => return Ok(challenge(req, &gw.realm).await),
+        Err(_) => {
+            audit.outcome = GatewayError::Unauthenticated.kind();
+            return Ok(challenge(req, &gw.realm).await);
+        }
     };
     audit.principal = Some(principal.name.clone());
     gw.principal_rate.check(&principal.name).map_err(|wait| {
@@ -588,7 +594,10 @@ async fn autodiscover_request<U: Upstream>(
     let users = gw.users.load_full();
     let principal = match authenticate(&users, &gw.lockout, req.headers(), conn.peer.ip()).await {
         Ok(p) => p,
-        Err(_) => return Ok(challenge(req, &gw.realm).await),
+        Err(_) => {
+            audit.outcome = GatewayError::Unauthenticated.kind();
+            return Ok(challenge(req, &gw.realm).await);
+        }
     };
     audit.principal = Some(principal.name.clone());
     let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);

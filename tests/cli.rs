@@ -241,6 +241,52 @@ async fn demo_https_serves_a_certificate_for_the_tls_names() {
         .unwrap();
     assert!(untrusting.post(&url).body("<x/>").send().await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
+/// DavMail sends every call first without credentials: the audit line of that half says
+/// "unauthenticated", never "forwarded" (nothing went upstream).
+#[tokio::test]
+async fn demo_audit_tells_challenges_from_forwarded_calls() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("audit") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = first_stdout_line(&mut child, "EWS URL");
+    let _guard = Killed(child);
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    let body = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header></s:Header><s:Body><m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="root"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>"#;
+    let http = reqwest::Client::new();
+    let send = |auth: bool| {
+        let mut req = http
+            .post(&url)
+            .header("Content-Type", "text/xml; charset=UTF-8")
+            .body(body);
+        if auth {
+            req = req.basic_auth("alice@contoso.example", Some("alice-demo-pass"));
+        }
+        req.send()
+    };
+    assert_eq!(send(false).await.unwrap().status().as_u16(), 401);
+    let challenged = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(challenged.contains("status=401"), "{challenged}");
+    assert!(
+        challenged.contains("outcome=\"unauthenticated\""),
+        "{challenged}"
+    );
+    assert_eq!(send(true).await.unwrap().status().as_u16(), 200);
+    let served = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(served.contains("status=200"), "{served}");
+    assert!(served.contains("outcome=\"forwarded\""), "{served}");
 }
 
 #[tokio::test]

@@ -568,6 +568,26 @@ async fn request_log_records_headers_and_bytes_and_can_be_cleared() {
     assert!(sim.requests().iter().all(|r| !r.is_ews()));
 }
 
+#[tokio::test]
+async fn request_log_seq_keeps_counting_after_a_clear() {
+    let sim = start().await;
+    alice(&sim, GET_INBOX).await;
+    let before = sim.ews_requests()[0].seq;
+    reqwest::Client::new()
+        .delete(format!("{}/_sim/requests", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    alice(&sim, GET_INBOX).await;
+    let after = sim.ews_requests();
+    assert_eq!(after.len(), 1);
+    assert!(
+        after[0].seq > before,
+        "{} must come after {before}: a recorder tells new entries by seq",
+        after[0].seq
+    );
+}
+
 // ---- operations ----
 
 fn find(folder: &str, view: &str) -> String {

@@ -374,6 +374,143 @@ async fn find_folder_shallow_deep_and_paging() {
     );
 }
 
+/// FindFolder as DavMail sends it: mail folders only (class restriction), and a folder by name.
+#[tokio::test]
+async fn find_folder_restrictions_on_class_and_name() {
+    let h = start().await;
+    let s = &h.state;
+    let find = |restriction: &str| {
+        format!(
+            r#"<m:FindFolder Traversal="Shallow"><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="folder:DisplayName"/></t:AdditionalProperties></m:FolderShape><m:Restriction>{restriction}</m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></m:ParentFolderIds></m:FindFolder>"#
+        )
+    };
+    let mail_only = r#"<t:Or><t:IsEqualTo><t:ExtendedFieldURI PropertyTag="0x3613" PropertyType="String"/><t:FieldURIOrConstant><t:Constant Value="IPF.Note"/></t:FieldURIOrConstant></t:IsEqualTo><t:Not><t:Exists><t:ExtendedFieldURI PropertyTag="0x3613" PropertyType="String"/></t:Exists></t:Not></t:Or>"#;
+    let resp = call(s, ALICE, &find(mail_only)).await;
+    let names: Vec<String> = all(&resp, "DisplayName").iter().map(|e| e.text()).collect();
+    assert!(names.contains(&"Inbox".to_owned()) && names.contains(&"Projects".to_owned()));
+    assert!(!names.contains(&"Calendar".to_owned()), "{names:?}");
+    assert!(!names.contains(&"Contacts".to_owned()), "{names:?}");
+
+    let by_name = |name: &str| {
+        format!(
+            r#"<t:IsEqualTo><t:FieldURI FieldURI="folder:DisplayName"/><t:FieldURIOrConstant><t:Constant Value="{name}"/></t:FieldURIOrConstant></t:IsEqualTo>"#
+        )
+    };
+    let resp = call(s, ALICE, &find(&by_name("Projects"))).await;
+    let names: Vec<String> = all(&resp, "DisplayName").iter().map(|e| e.text()).collect();
+    assert_eq!(names, ["Projects"]);
+    assert_eq!(
+        first(&resp, "RootFolder").attr("TotalItemsInView"),
+        Some("1")
+    );
+    let resp = call(s, ALICE, &find(&by_name("No such folder"))).await;
+    assert!(all(&resp, "Folder").is_empty());
+    assert_eq!(
+        first(&resp, "RootFolder").attr("TotalItemsInView"),
+        Some("0")
+    );
+}
+
+fn create_folder(parent: &str, name: &str) -> String {
+    format!(
+        r#"<m:CreateFolder><m:ParentFolderId>{parent}</m:ParentFolderId><m:Folders><t:Folder><t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>{name}</t:DisplayName></t:Folder></m:Folders></m:CreateFolder>"#
+    )
+}
+
+fn delete_folder(kind: &str, folder: &str) -> String {
+    format!(
+        r#"<m:DeleteFolder DeleteType="{kind}"><m:FolderIds>{folder}</m:FolderIds></m:DeleteFolder>"#
+    )
+}
+
+async fn child_names(s: &Arc<SimState>, parent: &str) -> Vec<String> {
+    let resp = call(
+        s,
+        ALICE,
+        &format!(
+            r#"<m:FindFolder Traversal="Shallow"><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:ParentFolderIds>{parent}</m:ParentFolderIds></m:FindFolder>"#
+        ),
+    )
+    .await;
+    all(&resp, "DisplayName").iter().map(|e| e.text()).collect()
+}
+
+#[tokio::test]
+async fn create_folder_then_use_and_delete_it() {
+    let h = start().await;
+    let s = &h.state;
+    let resp = call(
+        s,
+        ALICE,
+        &create_folder(&dist("msgfolderroot"), "Archive 2026"),
+    )
+    .await;
+    let msg = single(&resp);
+    assert_eq!(code(msg), "NoError");
+    let id = first(msg, "FolderId").attr("Id").unwrap().to_owned();
+    assert!(first(msg, "FolderId").attr("ChangeKey").is_some());
+    assert!(
+        child_names(s, &dist("msgfolderroot"))
+            .await
+            .contains(&"Archive 2026".to_owned())
+    );
+    let folder = format!(r#"<t:FolderId Id="{id}"/>"#);
+    let r = call(s, ALICE, &format!(r#"<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape><m:FolderIds>{folder}</m:FolderIds></m:GetFolder>"#)).await;
+    assert_eq!(text(&r, "DisplayName"), "Archive 2026");
+    assert_eq!(text(&r, "FolderClass"), "IPF.Note");
+
+    // Same name under the same parent, in any letter case: refused.
+    let r = call(
+        s,
+        ALICE,
+        &create_folder(&dist("msgfolderroot"), "archive 2026"),
+    )
+    .await;
+    assert_eq!(code(single(&r)), "ErrorFolderExists");
+    // A subfolder, and an item inside it.
+    let r = call(s, ALICE, &create_folder(&folder, "Q1")).await;
+    assert_eq!(code(single(&r)), "NoError");
+    let sub = first(&r, "FolderId").attr("Id").unwrap().to_owned();
+    let sub_folder = format!(r#"<t:FolderId Id="{sub}"/>"#);
+    let (item, _) = item_id(s, ALICE, &dist("inbox"), "Quarterly report").await;
+    let r = call(s, ALICE, &format!(r#"<m:MoveItem><m:ToFolderId>{sub_folder}</m:ToFolderId><m:ItemIds><t:ItemId Id="{item}"/></m:ItemIds></m:MoveItem>"#)).await;
+    assert_eq!(code(single(&r)), "NoError");
+    let moved = first(&r, "ItemId").attr("Id").unwrap().to_owned();
+    assert_eq!(subjects(s, ALICE, &sub_folder).await, ["Quarterly report"]);
+
+    // Distinguished folders cannot be deleted; bad delete types are schema errors.
+    let r = call(s, ALICE, &delete_folder("HardDelete", &dist("inbox"))).await;
+    assert_eq!(code(single(&r)), "ErrorDeleteDistinguishedFolder");
+    assert_eq!(
+        fault_code(s, ALICE, &delete_folder("Shred", &folder)).await,
+        "ErrorSchemaValidation"
+    );
+
+    // MoveToDeletedItems keeps the folder (under Deleted Items); HardDelete removes it with its
+    // subfolders and their items.
+    let r = call(s, ALICE, &delete_folder("MoveToDeletedItems", &folder)).await;
+    assert_eq!(code(single(&r)), "NoError");
+    assert!(
+        !child_names(s, &dist("msgfolderroot"))
+            .await
+            .contains(&"Archive 2026".to_owned())
+    );
+    assert_eq!(
+        child_names(s, &dist("deleteditems")).await,
+        ["Archive 2026"]
+    );
+    let r = call(s, ALICE, &delete_folder("HardDelete", &folder)).await;
+    assert_eq!(code(single(&r)), "NoError");
+    assert!(child_names(s, &dist("deleteditems")).await.is_empty());
+    let r = call(s, ALICE, &get_item(&moved, "IdOnly")).await;
+    assert_eq!(code(single(&r)), "ErrorItemNotFound");
+    let r = call(s, ALICE, &delete_folder("HardDelete", &sub_folder)).await;
+    assert_eq!(code(single(&r)), "ErrorFolderNotFound");
+    // Bob cannot create folders in alice's mailbox.
+    let r = call(s, BOB, &create_folder(&dist_of("inbox", ALICE), "Mine now")).await;
+    assert_ne!(code(single(&r)), "NoError");
+}
+
 #[tokio::test]
 async fn find_item_pages_are_disjoint() {
     let h = start().await;

@@ -801,6 +801,72 @@ impl Data {
         id
     }
 
+    /// Creates a folder under the folder with id `parent`; returns its (id, change key), or
+    /// `None` when the mailbox or the parent does not exist.
+    pub fn add_folder(
+        &mut self,
+        smtp: &str,
+        parent: &str,
+        name: &str,
+        class: Option<String>,
+        kind: FolderKind,
+    ) -> Option<(String, String)> {
+        let key = smtp.to_ascii_lowercase();
+        self.mailbox_ref(&key)?.folder(parent)?;
+        let serial = self.next_serial();
+        let seq = self.next_seq();
+        let id = encode_id(IdKind::Folder, serial, &key);
+        let mbx = self.mailbox_mut(&key)?;
+        mbx.folders.push(Folder {
+            id: id.clone(),
+            parent: Some(parent.to_owned()),
+            distinguished: None,
+            display_name: name.to_owned(),
+            class,
+            kind,
+            version: seq,
+            created_seq: seq,
+        });
+        Some((id, change_key(seq)))
+    }
+
+    /// Removes a folder with its subfolders and their items for good.
+    pub fn remove_folder(&mut self, smtp: &str, id: &str) -> Option<()> {
+        let key = smtp.to_ascii_lowercase();
+        let mbx = self.mailbox_ref(&key)?;
+        let mut doomed: Vec<String> = vec![mbx.folder(id)?.id.clone()];
+        doomed.extend(mbx.descendants(id).into_iter().map(|f| f.id.clone()));
+        let items: Vec<String> = mbx
+            .items
+            .iter()
+            .filter(|i| doomed.contains(&i.folder))
+            .map(|i| i.id.clone())
+            .collect();
+        for item in items {
+            self.remove_item(&key, &item);
+        }
+        self.next_seq();
+        let mbx = self.mailbox_mut(&key)?;
+        mbx.folders.retain(|f| !doomed.contains(&f.id));
+        Some(())
+    }
+
+    /// Moves a folder under another folder of the same mailbox (its id stays).
+    pub fn move_folder(&mut self, smtp: &str, id: &str, to: &str) -> Option<()> {
+        let mbx = self.mailbox_ref(smtp)?;
+        mbx.folder(to)?;
+        // Never under itself or one of its own subfolders.
+        if to == id || mbx.descendants(id).iter().any(|f| f.id == to) {
+            return None;
+        }
+        let seq = self.next_seq();
+        let mbx = self.mailbox_mut(smtp)?;
+        let folder = mbx.folders.iter_mut().find(|f| f.id == id)?;
+        folder.parent = Some(to.to_owned());
+        folder.version = seq;
+        Some(())
+    }
+
     /// Stores `msg` in a folder; returns (id, change key). `new_mail` also raises NewMailEvent.
     pub fn insert_item(
         &mut self,

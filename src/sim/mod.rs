@@ -85,7 +85,8 @@ impl SimConfig {
 /// One request as it arrived at the simulator.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoggedRequest {
-    /// Arrival order, from 1.
+    /// Arrival order, from 1; never reused, not even after the log is cleared (a recorder
+    /// tells what one request caused by the entries after the last `seq` it saw).
     pub seq: u64,
     /// Method.
     pub method: String,
@@ -136,26 +137,29 @@ impl LoggedRequest {
 /// The log of what arrived, for tests and `GET /_sim/requests`.
 #[derive(Debug, Default)]
 pub struct RequestLog {
-    entries: Mutex<Vec<LoggedRequest>>,
+    /// The entries and the last `seq` handed out.
+    entries: Mutex<(Vec<LoggedRequest>, u64)>,
 }
 
 impl RequestLog {
     fn push(&self, mut entry: LoggedRequest) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entry.seq = entries.len() as u64 + 1;
+        if let Ok(mut guard) = self.entries.lock() {
+            let (entries, last) = &mut *guard;
+            *last += 1;
+            entry.seq = *last;
             entries.push(entry);
         }
     }
 
     /// A copy of every entry so far.
     pub fn snapshot(&self) -> Vec<LoggedRequest> {
-        self.entries.lock().map(|e| e.clone()).unwrap_or_default()
+        self.entries.lock().map(|e| e.0.clone()).unwrap_or_default()
     }
 
     /// Forgets every entry.
     pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.clear();
+        if let Ok(mut guard) = self.entries.lock() {
+            guard.0.clear();
         }
     }
 }

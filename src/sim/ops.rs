@@ -6,7 +6,7 @@
 //! envelope (with `ServerVersionInfo`) by the endpoint, turned into a SOAP fault, or streamed.
 //!
 //! This module routes an operation to its submodule: `folders` (GetFolder, FindFolder,
-//! SyncFolderHierarchy), `items` (FindItem, GetItem, CreateItem, UpdateItem, DeleteItem, MoveItem,
+//! SyncFolderHierarchy, CreateFolder, DeleteFolder), `items` (FindItem, GetItem, CreateItem, UpdateItem, DeleteItem, MoveItem,
 //! CopyItem, SendItem, SyncFolderItems), `attachments`, `names` (ConvertId, ResolveNames) and
 //! `notify` (Subscribe, GetStreamingEvents, Unsubscribe). `common` holds id resolution, the
 //! delegate rule and response-message framing; `render` the property shapes.
@@ -89,6 +89,8 @@ pub async fn dispatch(state: &Arc<SimState>, ctx: OpContext, op: &Element) -> Op
         "GetFolder" => folders::get_folder(state, &ctx, op),
         "FindFolder" => folders::find_folder(state, &ctx, op),
         "SyncFolderHierarchy" => folders::sync_folder_hierarchy(state, &ctx, op),
+        "CreateFolder" => folders::create_folder(state, &ctx, op),
+        "DeleteFolder" => folders::delete_folder(state, &ctx, op),
         "FindItem" => items::find_item(state, &ctx, op),
         "GetItem" => items::get_item(state, &ctx, op),
         "CreateItem" => items::create_item(state, &ctx, op),

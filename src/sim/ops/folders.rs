@@ -1,18 +1,21 @@
-//! GetFolder, FindFolder and SyncFolderHierarchy.
+//! GetFolder, FindFolder, SyncFolderHierarchy, CreateFolder and DeleteFolder.
 //!
-//! FindFolder restrictions are ignored (DavMail's 0x3613 filter only hides non-mail folders,
-//! and listing them is harmless); SoftDeleted traversal finds nothing, as no folder is deleted.
+//! FindFolder restrictions are evaluated on the display name and the folder class (DavMail
+//! finds a folder by name and lists only mail folders that way); SoftDeleted traversal finds
+//! nothing, as deleted folders are not kept.
 
 use std::sync::Arc;
 
 use super::OpContext;
 use super::common::{
-    FolderTarget, M, OpError, OpResult, Which, bad_attr, decode_state, encode_state,
+    FolderTarget, M, OpError, OpResult, T, Which, bad_attr, decode_state, encode_state,
     folder_id_elements, folder_target, message, page, parse_view, required, resolve_folder,
     response, schema_fault,
 };
 use super::render::{folder_xml, parse_shape};
+use super::restrict::matches_folder;
 use crate::sim::SimState;
+use crate::sim::mailbox::FolderKind;
 use crate::sim::xml::Element;
 
 pub(super) fn get_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
@@ -51,6 +54,7 @@ pub(super) fn find_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) 
     }
     let shape = parse_shape(op, M, "FolderShape")?;
     let view = parse_view(op, "Folder")?;
+    let restriction = op.child(M, "Restriction");
     let parents = folder_id_elements(required(op, M, "ParentFolderIds")?);
     if parents.is_empty() {
         return Err(schema_fault(
@@ -67,11 +71,15 @@ pub(super) fn find_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) 
                     let mbx = data
                         .mailbox_ref(&t.mailbox)
                         .ok_or_else(OpError::folder_not_found)?;
-                    let found = match traversal {
+                    let found: Vec<_> = match traversal {
                         "Shallow" => mbx.children(&fid).collect(),
                         "Deep" => mbx.descendants(&fid),
                         _ => Vec::new(),
                     };
+                    let found: Vec<_> = found
+                        .into_iter()
+                        .filter(|f| restriction.is_none_or(|r| matches_folder(r, f)))
+                        .collect();
                     let (start, end, attrs) = page(view, found.len());
                     let folders: String = found[start..end]
                         .iter()
@@ -137,4 +145,136 @@ pub(super) fn sync_folder_hierarchy(
         message("SyncFolderHierarchy", r)
     });
     Ok(response("SyncFolderHierarchy", &[msg]))
+}
+
+/// The folder elements CreateFolder accepts, with the flavour each creates.
+const FOLDER_ELEMENTS: &[(&str, FolderKind)] = &[
+    ("Folder", FolderKind::Generic),
+    ("CalendarFolder", FolderKind::Calendar),
+    ("ContactsFolder", FolderKind::Contacts),
+    ("TasksFolder", FolderKind::Tasks),
+];
+
+pub(super) fn create_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
+    let parent = folder_id_elements(required(op, M, "ParentFolderId")?)
+        .first()
+        .copied()
+        .ok_or_else(|| {
+            schema_fault(
+                "The element 'ParentFolderId' has incomplete content. List of possible elements expected: 'FolderId, DistinguishedFolderId'.",
+            )
+        })?;
+    let folders: Vec<&Element> = required(op, M, "Folders")?
+        .elements()
+        .filter(|e| e.ns.as_deref() == Some(T))
+        .collect();
+    if folders.is_empty() {
+        return Err(schema_fault(
+            "The element 'Folders' has incomplete content. List of possible elements expected: 'Folder, CalendarFolder, ContactsFolder, SearchFolder, TasksFolder'.",
+        ));
+    }
+    let messages = state.mailboxes.with(|data| {
+        folders
+            .iter()
+            .map(|el| {
+                let r = (|| {
+                    let kind = FOLDER_ELEMENTS
+                        .iter()
+                        .find(|(name, _)| *name == el.local)
+                        .map(|(_, kind)| *kind)
+                        .ok_or_else(|| {
+                            OpError::invalid_request(format!(
+                                "Creating a {} is not simulated.",
+                                el.local
+                            ))
+                        })?;
+                    let name = el.child(T, "DisplayName").map(Element::text);
+                    let name = name
+                        .map(|n| n.trim().to_owned())
+                        .filter(|n| !n.is_empty())
+                        .ok_or_else(|| {
+                            OpError::new(
+                                "ErrorInvalidFolderName",
+                                "The folder name is not valid.",
+                            )
+                        })?;
+                    let t = folder_target(ctx, parent)?;
+                    let parent_id = resolve_folder(data, &t)?;
+                    let mbx = data
+                        .mailbox_ref(&t.mailbox)
+                        .ok_or_else(OpError::folder_not_found)?;
+                    // Exchange compares sibling names without regard to case.
+                    if mbx
+                        .children(&parent_id)
+                        .any(|f| f.display_name.eq_ignore_ascii_case(&name))
+                    {
+                        return Err(OpError::new(
+                            "ErrorFolderExists",
+                            "A folder with the specified name already exists.",
+                        ));
+                    }
+                    let class = el.child(T, "FolderClass").map(Element::text).or_else(|| {
+                        (kind == FolderKind::Generic).then(|| "IPF.Note".to_owned())
+                    });
+                    let (id, ck) = data
+                        .add_folder(&t.mailbox, &parent_id, &name, class, kind)
+                        .ok_or_else(OpError::folder_not_found)?;
+                    let el = kind.element();
+                    Ok(format!(
+                        "<m:Folders><t:{el}><t:FolderId Id=\"{id}\" ChangeKey=\"{ck}\"/></t:{el}></m:Folders>"
+                    ))
+                })();
+                message("CreateFolder", r)
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(response("CreateFolder", &messages))
+}
+
+pub(super) fn delete_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
+    let kind = op.attr("DeleteType").unwrap_or("");
+    if !matches!(kind, "HardDelete" | "SoftDelete" | "MoveToDeletedItems") {
+        return Err(bad_attr(op, "DeleteType", kind));
+    }
+    let ids = folder_id_elements(required(op, M, "FolderIds")?);
+    if ids.is_empty() {
+        return Err(schema_fault(
+            "The element 'FolderIds' has incomplete content. List of possible elements expected: 'FolderId, DistinguishedFolderId'.",
+        ));
+    }
+    let messages = state.mailboxes.with(|data| {
+        ids.iter()
+            .map(|el| {
+                let r = (|| {
+                    let t = folder_target(ctx, el)?;
+                    let fid = resolve_folder(data, &t)?;
+                    let mbx = data
+                        .mailbox_ref(&t.mailbox)
+                        .ok_or_else(OpError::folder_not_found)?;
+                    let folder = mbx.folder(&fid).ok_or_else(OpError::folder_not_found)?;
+                    if folder.distinguished.is_some() {
+                        return Err(OpError::new(
+                            "ErrorDeleteDistinguishedFolder",
+                            "Distinguished folders cannot be deleted.",
+                        ));
+                    }
+                    let deleted = mbx.distinguished("deleteditems").map(str::to_owned);
+                    let in_deleted = deleted
+                        .as_deref()
+                        .is_some_and(|d| mbx.descendants(d).iter().any(|f| f.id == fid));
+                    match deleted {
+                        Some(d) if kind == "MoveToDeletedItems" && !in_deleted => {
+                            data.move_folder(&t.mailbox, &fid, &d)
+                        }
+                        // Soft-deleted folders go to Recoverable Items, which no client lists.
+                        _ => data.remove_folder(&t.mailbox, &fid),
+                    }
+                    .ok_or_else(OpError::folder_not_found)?;
+                    Ok(String::new())
+                })();
+                message("DeleteFolder", r)
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(response("DeleteFolder", &messages))
 }

@@ -1,9 +1,11 @@
-//! FindItem restrictions and sort orders over stored items.
+//! FindItem and FindFolder restrictions, and sort orders over stored items.
 //!
 //! Supported: `IsEqualTo`, `IsNotEqualTo`, `IsGreaterThan(OrEqualTo)`, `IsLessThan(OrEqualTo)`,
 //! `Contains`, `Exists`, `And`, `Or`, `Not` on subject, dates, read flag, attachments, class,
-//! sender, and the MAPI tags DavMail uses (0x0037 subject, 0x0e23 IMAP UID). Anything else is
-//! "unknown" and ignored rather than refused: an unknown leaf neither includes nor excludes.
+//! sender, and the MAPI tags DavMail uses (0x0037 subject, 0x0e23 IMAP UID); for folders on the
+//! display name and the folder class (also as 0x3001 and 0x3613, DavMail's folder lookups).
+//! Anything else is "unknown" and ignored rather than refused: an unknown leaf neither includes
+//! nor excludes.
 
 use std::cmp::Ordering;
 
@@ -11,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::common::{T, parse_time};
 use super::render::{message_flags, parse_tag};
-use crate::sim::mailbox::Item;
+use crate::sim::mailbox::{Folder, Item};
 use crate::sim::xml::Element;
 
 #[derive(Debug, Clone)]
@@ -22,8 +24,70 @@ enum Val {
     D(OffsetDateTime),
 }
 
+/// Something a restriction can test: an item or a folder.
+trait Props {
+    /// The value of the property `f` (a `FieldURI`, `ExtendedFieldURI`, ...): `None` = not
+    /// supported; `Some(None)` = not set.
+    fn prop(&self, f: &Element) -> Option<Option<Val>>;
+}
+
+impl Props for Item {
+    fn prop(&self, f: &Element) -> Option<Option<Val>> {
+        let m = &self.msg;
+        let v = match f.local.as_str() {
+            "FieldURI" => match f.attr("FieldURI")? {
+                "item:Subject" => Some(Val::S(m.subject.clone())),
+                "item:DateTimeReceived" => Some(Val::D(m.received)),
+                "item:DateTimeSent" => m.sent.map(Val::D),
+                "item:DateTimeCreated" => Some(Val::D(self.created)),
+                "item:LastModifiedTime" => Some(Val::D(self.modified)),
+                "item:HasAttachments" => Some(Val::B(!m.attachments.is_empty())),
+                "item:ItemClass" => Some(Val::S(m.item_class.clone())),
+                "item:Importance" => Some(Val::S(m.importance.clone())),
+                "item:IsDraft" => Some(Val::B(m.is_draft)),
+                "item:Body" => Some(Val::S(m.body.clone())),
+                "message:IsRead" => Some(Val::B(m.is_read)),
+                "message:InternetMessageId" => Some(Val::S(m.internet_message_id.clone())),
+                "message:From" | "message:Sender" => {
+                    m.from.as_ref().map(|a| Val::S(a.email.clone()))
+                }
+                _ => return None,
+            },
+            "ExtendedFieldURI" => match f.attr("PropertyTag").and_then(parse_tag)? {
+                0x0037 => Some(Val::S(m.subject.clone())),
+                0x0e23 => Some(Val::I(i64::try_from(self.article).unwrap_or(i64::MAX))),
+                0x0e07 => Some(Val::I(i64::from(message_flags(self)))),
+                0x1035 => Some(Val::S(m.internet_message_id.clone())),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(v)
+    }
+}
+
+impl Props for Folder {
+    fn prop(&self, f: &Element) -> Option<Option<Val>> {
+        let name = || Some(Val::S(self.display_name.clone()));
+        let class = || self.class.clone().map(Val::S);
+        Some(match f.local.as_str() {
+            "FieldURI" => match f.attr("FieldURI")? {
+                "folder:DisplayName" => name(),
+                "folder:FolderClass" => class(),
+                _ => return None,
+            },
+            "ExtendedFieldURI" => match f.attr("PropertyTag").and_then(parse_tag)? {
+                0x3001 => name(),
+                0x3613 => class(),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// The property an expression names: `None` = not supported; `Some(None)` = not set.
-fn field(item: &Item, expr: &Element) -> Option<Option<Val>> {
+fn field(target: &dyn Props, expr: &Element) -> Option<Option<Val>> {
     let f = expr.elements().find(|e| {
         e.ns.as_deref() == Some(T)
             && matches!(
@@ -31,34 +95,7 @@ fn field(item: &Item, expr: &Element) -> Option<Option<Val>> {
                 "FieldURI" | "ExtendedFieldURI" | "IndexedFieldURI"
             )
     })?;
-    let m = &item.msg;
-    let v = match f.local.as_str() {
-        "FieldURI" => match f.attr("FieldURI")? {
-            "item:Subject" => Some(Val::S(m.subject.clone())),
-            "item:DateTimeReceived" => Some(Val::D(m.received)),
-            "item:DateTimeSent" => m.sent.map(Val::D),
-            "item:DateTimeCreated" => Some(Val::D(item.created)),
-            "item:LastModifiedTime" => Some(Val::D(item.modified)),
-            "item:HasAttachments" => Some(Val::B(!m.attachments.is_empty())),
-            "item:ItemClass" => Some(Val::S(m.item_class.clone())),
-            "item:Importance" => Some(Val::S(m.importance.clone())),
-            "item:IsDraft" => Some(Val::B(m.is_draft)),
-            "item:Body" => Some(Val::S(m.body.clone())),
-            "message:IsRead" => Some(Val::B(m.is_read)),
-            "message:InternetMessageId" => Some(Val::S(m.internet_message_id.clone())),
-            "message:From" | "message:Sender" => m.from.as_ref().map(|a| Val::S(a.email.clone())),
-            _ => return None,
-        },
-        "ExtendedFieldURI" => match f.attr("PropertyTag").and_then(parse_tag)? {
-            0x0037 => Some(Val::S(m.subject.clone())),
-            0x0e23 => Some(Val::I(i64::try_from(item.article).unwrap_or(i64::MAX))),
-            0x0e07 => Some(Val::I(i64::from(message_flags(item)))),
-            0x1035 => Some(Val::S(m.internet_message_id.clone())),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(v)
+    target.prop(f)
 }
 
 fn constant(expr: &Element) -> Option<String> {
@@ -89,7 +126,7 @@ fn compare(a: &Val, b: &Val) -> Option<Ordering> {
 }
 
 /// Evaluates one restriction node; `None` = unknown (ignored).
-fn eval(el: &Element, item: &Item) -> Option<bool> {
+fn eval(el: &Element, item: &dyn Props) -> Option<bool> {
     let children = || el.elements().filter(|e| e.ns.as_deref() == Some(T));
     match el.local.as_str() {
         "And" => {
@@ -163,10 +200,19 @@ fn eval(el: &Element, item: &Item) -> Option<bool> {
 
 /// Whether `item` passes the `m:Restriction` element (unknown counts as passing).
 pub(super) fn matches(restriction: &Element, item: &Item) -> bool {
+    passes(restriction, item)
+}
+
+/// Whether `folder` passes the `m:Restriction` element of a FindFolder.
+pub(super) fn matches_folder(restriction: &Element, folder: &Folder) -> bool {
+    passes(restriction, folder)
+}
+
+fn passes(restriction: &Element, target: &dyn Props) -> bool {
     restriction
         .elements()
         .find(|e| e.ns.as_deref() == Some(T))
-        .and_then(|e| eval(e, item))
+        .and_then(|e| eval(e, target))
         .unwrap_or(true)
 }
 
@@ -187,8 +233,8 @@ pub(super) fn sort(items: &mut [&Item], order: Option<&Element>) {
     items.sort_by(|a, b| {
         for o in &orders {
             let descending = o.attr("Order") == Some("Descending");
-            let ka = field(a, o).flatten();
-            let kb = field(b, o).flatten();
+            let ka = field(*a, o).flatten();
+            let kb = field(*b, o).flatten();
             let ord = match (ka, kb) {
                 (Some(x), Some(y)) => compare(&x, &y).unwrap_or(Ordering::Equal),
                 (Some(_), None) => Ordering::Greater,
