@@ -208,6 +208,16 @@ pub async fn start_with(
     sim_config: SimConfig,
     tls_names: Option<&[String]>,
 ) -> Result<Demo, DemoError> {
+    start_tweaked(listen, sim_config, tls_names, |_| {}).await
+}
+
+/// As [`start_with`], with a last change to the gateway's configuration (tests).
+pub async fn start_tweaked(
+    listen: SocketAddr,
+    sim_config: SimConfig,
+    tls_names: Option<&[String]>,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<Demo, DemoError> {
     let sim = sim::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let dir = std::env::temp_dir().join(format!("ews-gateway-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
@@ -226,6 +236,7 @@ pub async fn start_with(
         config.listen.tls_key = Some(key);
         ca_pem = Some(pki.ca_cert_pem);
     }
+    tweak(&mut config);
     let gateway = server::start(&config).await?;
     Ok(Demo {
         sim,

@@ -100,6 +100,10 @@ impl HttpBody for Tracked {
                         close.at_boundary = ends_frame(data);
                     }
                 }
+                // hyper stops polling a body of known length once it has it all.
+                if this.close.is_none() && this.inner.is_end_stream() {
+                    this.finish(true);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -157,6 +161,16 @@ mod tests {
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"hello world");
         assert_eq!(*seen.lock().unwrap(), vec![(11, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_complete_once_all_of_it_went_out() {
+        let (seen, on_end) = recorder();
+        let mut body = Tracked::new(crate::http_util::full("abc"), on_end, None);
+        let _ = body.frame().await.unwrap().unwrap();
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), vec![(3, true)]);
     }
 
     #[tokio::test]

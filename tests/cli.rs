@@ -241,6 +241,8 @@ async fn demo_https_serves_a_certificate_for_the_tls_names() {
         .unwrap();
     assert!(untrusting.post(&url).body("<x/>").send().await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// DavMail sends every call first without credentials: the audit line of that half says
 /// "unauthenticated", never "forwarded" (nothing went upstream).
 #[tokio::test]

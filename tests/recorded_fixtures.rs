@@ -220,7 +220,17 @@ fn password_for(login: &Login) -> String {
 
 async fn replay(client: &str) {
     let recorded = load(client);
-    let demo = common::start_demo().await;
+    // The replay fires the recorded requests back to back, faster than the client did; the
+    // per-principal rate cap (tested in tests/policy.rs) is not what this checks.
+    ews_gateway::tls::install_crypto_provider();
+    let demo = ews_gateway::demo::start_tweaked(
+        "127.0.0.1:0".parse().unwrap(),
+        ews_gateway::sim::SimConfig::builtin().unwrap(),
+        None,
+        |c| c.limits.requests_per_second_per_principal = 0,
+    )
+    .await
+    .unwrap();
     let origin = format!("http://{}", demo.gateway.addr);
     let http = common::client();
     let mut upstream_seen = 0usize;
