@@ -154,7 +154,9 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(err) => {
             tracing::debug!(reason = %err, "malformed Basic credentials");
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            lockout
+                .record_failure(&source, policy.max_failures_per_source)
+                .await;
             return Err(GatewayError::Unauthenticated);
         }
     };
@@ -162,20 +164,22 @@ pub async fn authenticate(
         .canonical_name(&creds.username)
         .unwrap_or_else(|| creds.username.to_lowercase());
     let user = Lockout::user_key(&name);
-    if lockout.is_locked(&[&user, &source]) {
+    if lockout.is_locked(&[&user, &source]).await {
         users.spend_dummy_check().await;
         tracing::info!(user = %name, %peer, "login refused: locked");
         return Err(GatewayError::Unauthenticated);
     }
     match users.verify(&creds).await {
         Ok(principal) => {
-            lockout.record_success(&user);
+            lockout.record_success(&user).await;
             Ok(principal)
         }
         Err(err) => {
             tracing::info!(user = %name, %peer, reason = %err, "authentication failed");
-            lockout.record_failure(&user, policy.max_failures);
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            lockout.record_failure(&user, policy.max_failures).await;
+            lockout
+                .record_failure(&source, policy.max_failures_per_source)
+                .await;
             Err(GatewayError::Unauthenticated)
         }
     }

@@ -51,6 +51,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The shared lockout store is misconfigured.
+    #[error(transparent)]
+    Lockout(#[from] crate::lockout::LockoutSetupError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -151,7 +154,7 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
     Ok(Gateway {
         realm: config.auth.realm.clone(),
         users: ArcSwap::from_pointee(users),
-        lockout: crate::lockout::Lockout::new(config.auth.lockout.clone()),
+        lockout: crate::lockout::Lockout::from_policy(config.auth.lockout.clone())?,
         public_url: config.listen.public_url.clone(),
         tokens: TokenSource::new(tenants),
         upstream,
