@@ -17,6 +17,7 @@ pub mod http_util;
 pub mod lockout;
 pub mod policy;
 pub mod proxy;
+pub mod report;
 pub mod rewrite;
 pub mod server;
 pub mod sim;
