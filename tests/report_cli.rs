@@ -8,9 +8,11 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ews-gateway");
 
+/// (principal, mailbox, operation) -> (requests, errors, first ts, last ts)
+type Groups = BTreeMap<(String, String, String), (u64, u64, String, String)>;
+
 struct Expected {
-    /// (principal, mailbox, operation) -> (requests, errors, first ts, last ts)
-    groups: BTreeMap<(String, String, String), (u64, u64, String, String)>,
+    groups: Groups,
     malformed: u64,
 }
 
@@ -30,8 +32,7 @@ fn synthetic(path: &std::path::Path, n: u64) -> Expected {
     ];
     let operations = ["FindItem", "GetItem", "CreateItem", "SyncFolderItems"];
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut groups: BTreeMap<(String, String, String), (u64, u64, String, String)> =
-        BTreeMap::new();
+    let mut groups = Groups::new();
     let mut malformed = 0;
     for i in 0..n {
         let p = principals[(i % 3) as usize];
