@@ -7,6 +7,7 @@
 //! skipped without being held). Lines of other kinds are ignored; lines that are not JSON or
 //! lack a required field are skipped and counted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 
@@ -160,38 +161,92 @@ enum Parsed {
     Malformed,
 }
 
-fn nullable_string(v: &serde_json::Value, key: &str) -> Result<Option<String>, ()> {
-    match v.get(key) {
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        Some(serde_json::Value::Null) => Ok(None),
-        _ => Err(()),
+/// The kind of a line, read without building the rest.
+#[derive(serde::Deserialize)]
+struct Kind<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+}
+
+/// A field that must be present but may be null.
+#[derive(Default)]
+enum Nullable<'a> {
+    #[default]
+    Missing,
+    Null,
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Nullable<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(
+            match <Option<Cow<'a, str>> as serde::Deserialize>::deserialize(d)? {
+                None => Self::Null,
+                Some(s) => Self::Text(s),
+            },
+        )
     }
 }
 
+impl Nullable<'_> {
+    /// `Err` when missing.
+    fn required(self) -> Result<Option<String>, ()> {
+        match self {
+            Self::Missing => Err(()),
+            Self::Null => Ok(None),
+            Self::Text(s) => Ok(Some(s.into_owned())),
+        }
+    }
+
+    fn optional(self) -> Option<String> {
+        self.required().ok().flatten()
+    }
+}
+
+/// The fields of a request line the report reads; others are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    status: u64,
+    #[serde(borrow, default)]
+    principal: Nullable<'a>,
+    #[serde(borrow, default)]
+    mailbox: Nullable<'a>,
+    #[serde(borrow, default)]
+    operation: Nullable<'a>,
+    #[serde(borrow, default)]
+    peer: Nullable<'a>,
+    #[serde(borrow, default)]
+    outcome: Nullable<'a>,
+    #[serde(default)]
+    bytes_in: Option<u64>,
+    #[serde(default)]
+    bytes_out: Option<u64>,
+}
+
 fn parse_line(line: &[u8]) -> Parsed {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+    let Ok(kind) = serde_json::from_slice::<Kind<'_>>(line) else {
         return Parsed::Malformed;
     };
-    match v.get("event").and_then(|e| e.as_str()) {
+    match kind.event.as_deref() {
         Some("request") => {}
         Some(_) => return Parsed::Other,
         None => return Parsed::Malformed,
     }
     let request = (|| {
-        let ts = v.get("ts").and_then(|t| t.as_str()).ok_or(())?;
-        let ts = OffsetDateTime::parse(ts, &Rfc3339).map_err(|_| ())?;
-        let status = v.get("status").and_then(|s| s.as_u64()).ok_or(())?;
-        let bytes = |k: &str| v.get(k).and_then(|b| b.as_u64()).unwrap_or(0);
+        let raw: RawRequest<'_> = serde_json::from_slice(line).map_err(|_| ())?;
+        let ts = OffsetDateTime::parse(&raw.ts, &Rfc3339).map_err(|_| ())?;
         Ok::<_, ()>(RequestLine {
             ts,
-            principal: nullable_string(&v, "principal")?,
-            mailbox: nullable_string(&v, "mailbox")?,
-            operation: nullable_string(&v, "operation")?,
-            peer: nullable_string(&v, "peer").ok().flatten(),
-            status,
-            outcome: nullable_string(&v, "outcome").ok().flatten(),
-            bytes_in: bytes("bytes_in"),
-            bytes_out: bytes("bytes_out"),
+            principal: raw.principal.required()?,
+            mailbox: raw.mailbox.required()?,
+            operation: raw.operation.required()?,
+            peer: raw.peer.optional(),
+            status: raw.status,
+            outcome: raw.outcome.optional(),
+            bytes_in: raw.bytes_in.unwrap_or(0),
+            bytes_out: raw.bytes_out.unwrap_or(0),
         })
     })();
     match request {
@@ -884,6 +939,22 @@ mod tests {
         assert_eq!(json["groups"][0]["mailbox"], "alice@contoso.example");
         assert_eq!(json["groups"][0]["first_seen"], "2026-11-05T10:00:00Z");
         assert_eq!(json["groups"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn required_fields_must_be_present_even_when_null() {
+        let mut r = Report::new(None);
+        let full = line("2026-11-01T08:00:00Z", Some("a@x"), None, "GetFolder", 200);
+        assert!(r.add_line(full.as_bytes()));
+        for key in ["principal", "mailbox", "operation", "status", "ts"] {
+            let mut v: serde_json::Value = serde_json::from_str(&full).unwrap();
+            v.as_object_mut().unwrap().remove(key);
+            assert!(!r.add_line(v.to_string().as_bytes()), "without {key}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&full).unwrap();
+        v["status"] = "200".into();
+        assert!(!r.add_line(v.to_string().as_bytes()), "status as a string");
+        assert_eq!(r.lines.requests, 1);
     }
 
     #[test]
