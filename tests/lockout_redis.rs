@@ -30,38 +30,51 @@ impl Drop for RedisServer {
     }
 }
 
+fn spawn_redis(dir: &Path, socket: &Path) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--unixsocket"])
+        .arg(socket)
+        .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): these tests need it; install it with `apt-get install -y redis-server`"
+            )
+        });
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("redis-server did not open {}", socket.display());
+}
+
 impl RedisServer {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("redis.sock");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): these tests need it; install it with `apt-get install -y redis-server`"
-                )
-            });
-        let server = Self {
+        let child = spawn_redis(dir.path(), &socket);
+        Self {
             child,
             socket,
             _dir: dir,
-        };
-        for _ in 0..200 {
-            if server.socket.exists()
-                && std::os::unix::net::UnixStream::connect(&server.socket).is_ok()
-            {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("redis-server did not open {}", server.socket.display());
+    }
+
+    fn stop(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// A fresh (empty) server on the same socket.
+    fn restart(&mut self) {
+        self.child = spawn_redis(self._dir.path(), &self.socket);
     }
 
     fn url(&self) -> String {
@@ -144,12 +157,14 @@ async fn two_trackers_share_counters_lockouts_and_their_end_through_redis() {
 #[tokio::test]
 async fn a_redis_outage_falls_back_to_local_tracking_without_refusing_logins() {
     let mut redis = RedisServer::start();
-    let a = Lockout::from_policy(policy(&redis.url(), "t2:")).unwrap();
+    let mut p = policy(&redis.url(), "t2:");
+    p.lockout_seconds = 30;
+    p.max_lockout_seconds = 60;
+    let a = Lockout::from_policy(p).unwrap();
     let k = Lockout::user_key("bob@contoso.example");
     assert_eq!(a.record_failure(&k, 3).await, FailureOutcome::Counted);
     assert_eq!(a.shared_store_fallbacks(), 0);
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
 
     // Fail open: nothing is locked because Redis is gone, and failures still lock locally.
     assert!(!a.is_locked(&[&k]).await);
@@ -159,12 +174,39 @@ async fn a_redis_outage_falls_back_to_local_tracking_without_refusing_logins() {
     assert_eq!(a.record_failure(&k, 3).await, FailureOutcome::Counted);
     assert_eq!(
         a.record_failure(&k, 3).await,
-        FailureOutcome::LockedFor(Duration::from_secs(1)),
+        FailureOutcome::LockedFor(Duration::from_secs(30)),
         "three local failures lock locally"
     );
     assert!(a.is_locked(&[&k]).await);
     assert!(!a.is_locked(&[&other]).await, "other users still log in");
-    assert!(a.shared_store_fallbacks() >= 5, "fallbacks are counted");
+    let fallbacks = a.shared_store_fallbacks();
+    assert!(fallbacks >= 5, "fallbacks are counted: {fallbacks}");
+
+    // Redis is back: after the retry pause the counters go to Redis again; the local lockout
+    // from the outage still holds meanwhile.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        a.is_locked(&[&k]).await,
+        "the outage's local lockout still counts"
+    );
+    let carol = a.record_failure(&other, 3).await;
+    assert_eq!(carol, FailureOutcome::Counted);
+    let after = a.shared_store_fallbacks();
+    assert!(!a.is_locked(&[&other]).await);
+    assert_eq!(
+        after,
+        a.shared_store_fallbacks(),
+        "no more fallbacks once Redis is back"
+    );
+    let mut conn = redis.connection().await;
+    let failures: i64 = redis::cmd("HGET")
+        .arg("t2:user:carol@contoso.example")
+        .arg("f")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(failures, 1, "the failure was counted in Redis");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
