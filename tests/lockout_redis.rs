@@ -31,7 +31,7 @@ impl Drop for RedisServer {
 }
 
 fn spawn_redis(dir: &Path, socket: &Path) -> std::process::Child {
-    let child = std::process::Command::new("redis-server")
+    let mut child = std::process::Command::new("redis-server")
         .args(["--port", "0", "--unixsocket"])
         .arg(socket)
         .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
@@ -51,6 +51,8 @@ fn spawn_redis(dir: &Path, socket: &Path) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("redis-server did not open {}", socket.display());
 }
 
