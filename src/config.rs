@@ -658,6 +658,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.auth.lockout.problems());
         if self.limits.max_envelope_head_bytes < 1024 {
             problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
         }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod lockout;
 pub mod policy;
 pub mod proxy;
+pub mod report;
 pub mod rewrite;
 pub mod server;
 pub mod sim;

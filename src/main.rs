@@ -42,6 +42,28 @@ enum Command {
     /// Validate the configuration, get each tenant's token, optionally call EWS as a mailbox,
     /// and explain what to fix. Exit code 0 only when everything works.
     Check(CheckArgs),
+    /// Summarise audit logs: who used which mailboxes with which EWS operations, how often,
+    /// first/last seen, errors. The list of workloads to migrate before Exchange Online
+    /// switches EWS off on 2027-04-01.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Audit file (JSON Lines written by `[audit] file`); repeat for rotated files; `-` reads
+    /// standard input.
+    #[arg(long, required = true)]
+    audit: Vec<PathBuf>,
+    /// Only requests at or after this time: RFC 3339 (2026-11-01T00:00:00Z) or a duration
+    /// back from now (30d, 12h, 45m, 2w).
+    #[arg(long)]
+    since: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: ews_gateway::report::Format,
+    /// CSV only: print the per-principal summary instead of the principal/mailbox/operation rows.
+    #[arg(long)]
+    principals: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +192,7 @@ async fn main() -> Result<()> {
         Command::Sim(args) => run_sim(args).await,
         Command::HashPassword => hash_password(),
         Command::Check(args) => run_check(args).await,
+        Command::Report(args) => run_report(args),
     }
 }
 
@@ -288,6 +311,57 @@ async fn run_check(args: CheckArgs) -> Result<()> {
     if !report.ok {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn run_report(args: ReportArgs) -> Result<()> {
+    use ews_gateway::report::{Format, Report, ReportError, parse_since};
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, time::OffsetDateTime::now_utc()))
+        .transpose()?;
+    let mut report = Report::new(since);
+    for path in &args.audit {
+        let origin = path.display().to_string();
+        let read_error = |source| ReportError::Read {
+            path: origin.clone(),
+            source,
+        };
+        if origin == "-" {
+            report
+                .read(std::io::stdin().lock(), "<stdin>")
+                .map_err(read_error)?;
+        } else {
+            let file = std::fs::File::open(path).map_err(read_error)?;
+            report.read(file, &origin).map_err(read_error)?;
+        }
+    }
+    let lines = &report.lines;
+    if lines.malformed > 0 {
+        eprintln!(
+            "ews-gateway report: skipped {} malformed line(s) of {} (first at {})",
+            lines.malformed,
+            lines.total,
+            report.first_malformed.as_deref().unwrap_or("?")
+        );
+    }
+    if lines.before_since > 0 {
+        eprintln!(
+            "ews-gateway report: {} request(s) before --since left out",
+            lines.before_since
+        );
+    }
+    let out = match args.format {
+        Format::Text => report.to_text(),
+        Format::Csv => report.to_csv(args.principals),
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&report.to_json())?),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }
 

@@ -279,7 +279,11 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(err) => {
             tracing::debug!(reason = %err, "malformed Basic credentials");
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            auth_failed("malformed");
+            let outcome = lockout
+                .record_failure(&source, policy.max_failures_per_source)
+                .await;
+            count_lockout(outcome, "source");
             return Err(GatewayError::Unauthenticated);
         }
     };
@@ -287,22 +291,38 @@ pub async fn authenticate(
         .canonical_name(&creds.username)
         .unwrap_or_else(|| creds.username.to_lowercase());
     let user = Lockout::user_key(&name);
-    if lockout.is_locked(&[&user, &source]) {
+    if lockout.is_locked(&[&user, &source]).await {
         users.spend_dummy_check().await;
         tracing::info!(user = %name, %peer, "login refused: locked");
+        auth_failed("locked");
         return Err(GatewayError::Unauthenticated);
     }
     match users.verify(&creds).await {
         Ok(principal) => {
-            lockout.record_success(&user);
+            lockout.record_success(&user).await;
             Ok(principal)
         }
         Err(err) => {
             tracing::info!(user = %name, %peer, reason = %err, "authentication failed");
-            lockout.record_failure(&user, policy.max_failures);
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            auth_failed("invalid_credentials");
+            let outcome = lockout.record_failure(&user, policy.max_failures).await;
+            count_lockout(outcome, "user");
+            let outcome = lockout
+                .record_failure(&source, policy.max_failures_per_source)
+                .await;
+            count_lockout(outcome, "source");
             Err(GatewayError::Unauthenticated)
         }
+    }
+}
+
+fn auth_failed(reason: &'static str) {
+    metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+fn count_lockout(outcome: crate::lockout::FailureOutcome, kind: &'static str) {
+    if let crate::lockout::FailureOutcome::LockedFor(_) = outcome {
+        metrics::counter!(telemetry::LOCKOUTS, "kind" => kind).increment(1);
     }
 }
 

@@ -66,6 +66,9 @@ pub enum StartError {
     /// A reload changed something only a restart can apply, or had no file to read.
     #[error("reload: {0}")]
     Reload(String),
+    /// The shared lockout store is misconfigured.
+    #[error(transparent)]
+    Lockout(#[from] crate::lockout::LockoutSetupError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -253,8 +256,10 @@ fn build_gateway_after(
         _ => Arc::new(AuditLog::open(&config.audit)?),
     };
     let lockout = match previous {
-        Some((gw, _, _)) => Arc::clone(&gw.lockout),
-        None => Arc::new(crate::lockout::Lockout::new(config.auth.lockout.clone())),
+        Some((gw, old, _)) if old.auth.lockout == config.auth.lockout => Arc::clone(&gw.lockout),
+        _ => Arc::new(crate::lockout::Lockout::from_policy(
+            config.auth.lockout.clone(),
+        )?),
     };
     Ok(Gateway {
         realm: config.auth.realm.clone(),
