@@ -381,7 +381,10 @@ impl TenantTokens {
                 retry_in: f.until - now,
             });
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        let result = if fetched.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::telemetry::TOKEN_ACQUISITIONS, "tenant" => self.tenant_id.clone(), "result" => result).increment(1);
+        match fetched {
             Ok(token) => {
                 let token = Arc::new(token);
                 self.current.store(Some(Arc::clone(&token)));

@@ -225,8 +225,13 @@ impl EwsPassthrough {
         req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
         let target = req.uri().clone();
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                metrics::histogram!(crate::telemetry::UPSTREAM_LATENCY)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(resp)
+            }
             Ok(Err(err)) => Err(GatewayError::Unavailable {
                 side: Side::Exchange,
                 message: format!(
