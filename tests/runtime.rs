@@ -551,5 +551,27 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
         !text.contains("dave-pass") && !text.contains("alice-demo-pass"),
         "no password in the audit trail"
     );
+
+    // `report` reads what the gateway wrote: the migration inventory.
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
+        .args(["report", "--format", "json", "--audit"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["lines"]["malformed"], 0, "{report}");
+    let groups = report["groups"].as_array().unwrap();
+    let row = groups
+        .iter()
+        .find(|g| g["principal"] == "dave@contoso.example")
+        .unwrap_or_else(|| panic!("dave in the report: {report}"));
+    assert_eq!(row["mailbox"], "alice@contoso.example");
+    assert_eq!(row["operation"], "FindItem");
+    assert_eq!(row["requests"], 1);
     sim.stop().await;
 }
