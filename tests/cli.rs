@@ -161,7 +161,7 @@ fn example_config_and_users_files_parse() {
         },
     )
     .unwrap();
-    assert_eq!(store.len(), 3);
+    assert_eq!(store.len(), 4);
 }
 
 #[tokio::test]
