@@ -23,7 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
-#[command(name = "ews-gateway-bench", about = "Benchmark helpers (see bench/run.sh)")]
+#[command(
+    name = "ews-gateway-bench",
+    about = "Benchmark helpers (see bench/run.sh)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
