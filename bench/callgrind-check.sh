@@ -12,10 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Measured 2026-12-01 on the development machine: see MEASURED below; the threshold is ~25 %
-# above it. Raise it only together with a measured reason in the commit message.
-MEASURED=0
-THRESHOLD=0
+# Measured 2026-12-01 on the development machine (release build, valgrind 3.19, three runs within
+# 0.2 % of each other); the threshold is ~25 % above it. Raise it only together with a measured
+# reason in the commit message. Valgrind hides SHA-NI, so the HMAC of the credential cache costs
+# more here than natively.
+MEASURED=155500
+THRESHOLD=195000
 N=${CALLGRIND_N:-200}
 WARM=20
 

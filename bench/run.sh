@@ -232,11 +232,12 @@ echo "== one 100 MB upload through the gateway: peak memory growth"
 # Reset the peak (VmHWM) to the current RSS, then stream the upload.
 echo 5 >"/proc/$GW_PID/clear_refs"
 before=$(kib "$GW_PID" VmRSS)
-up=$(curl -sS -o /dev/null -w '%{http_code} %{time_total}' -u "$USER_NAME:$PASSWORD" -X POST \
+up=$(curl -sS -o /dev/null -w '%{http_code} %{size_upload} %{time_total}' -u "$USER_NAME:$PASSWORD" -X POST \
   -H 'Content-Type: text/xml; charset=utf-8' -T "$OUT/body-100m.xml" "${URL[gateway]}")
 peak=$(kib "$GW_PID" VmHWM)
-record "{\"kind\":\"upload\",\"status\":${up% *},\"seconds\":${up#* },\"rss_before_kib\":$before,\"hwm_kib\":$peak}"
-echo "   status ${up% *} in ${up#* } s, RSS before $before KiB, peak $peak KiB"
+read -r up_status up_bytes up_seconds <<<"$up"
+record "{\"kind\":\"upload\",\"status\":$up_status,\"bytes\":$up_bytes,\"seconds\":$up_seconds,\"rss_before_kib\":$before,\"hwm_kib\":$peak}"
+echo "   status $up_status, $up_bytes bytes in $up_seconds s, RSS before $before KiB, peak $peak KiB"
 
 # idle_conns NAME ADDR PIDS...: memory of PIDS (summed VmRSS) before and with $IDLE held connections.
 idle_conns() {
@@ -278,7 +279,7 @@ echo "   $line"
 
 token_calls=$(curl -sS "$SIM_BASE/_sim/requests" |
   python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if "/oauth2/" in r.get("path","")))')
-audit_lines=$(grep -c 'outcome=forwarded' "$OUT/gateway.err" || true)
+audit_lines=$(grep -c 'outcome="forwarded"' "$OUT/gateway.err" || true)
 record "{\"kind\":\"token\",\"token_calls\":$token_calls,\"forwarded\":$audit_lines}"
 echo "   token endpoint calls: $token_calls for $audit_lines forwarded requests"
 
