@@ -4,6 +4,7 @@
 #
 #   bash bench/callgrind-check.sh            # build, measure, fail above the threshold
 #   bash bench/callgrind-check.sh --measure  # only print the figure
+#   bash bench/callgrind-check.sh --nginx    # print it, and nginx's for the same requests
 #
 # The gateway (release build) runs under callgrind with the fixed-response upstream and the
 # simulator's token endpoint; after a warm-up (credential cached, token fetched, connections
@@ -95,7 +96,30 @@ DUMP=$(ls "$OUT"/callgrind.out."$GW_PID".* 2>/dev/null | head -1)
 TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")
 PER=$((TOTAL / N))
 echo "callgrind: $PER instructions per proxied 2 KB request ($TOTAL over $N; measured figure $MEASURED, threshold $THRESHOLD)"
-if [[ "${1:-}" == "--measure" ]]; then exit 0; fi
+if [[ "${1:-}" == "--nginx" ]]; then
+  # The same requests through nginx, for comparison (not a check). The token is a stand-in of
+  # the simulator's token length.
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$OUT/nginx-tmp"
+  sed -e "s|@OUT@|$PWD/$OUT|g" -e "s|@PORT@|$PORT|" -e "s|@UP@|$UP|" \
+    -e "s|@TOKEN@|$(head -c 1400 /dev/zero | tr '\0' x)|" -e "s|@ANCHOR@|$USER_NAME|" \
+    bench/callgrind-nginx.conf >"$OUT/nginx.conf"
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  valgrind --tool=callgrind --callgrind-out-file="$PWD/$OUT/nginx-callgrind.out.%p" \
+    "$NGINX" -c "$PWD/$OUT/nginx.conf" -e "$PWD/$OUT/nginx-error.log" >"$OUT/nginx.out" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  GW=127.0.0.1:$PORT
+  send "$WARM"
+  callgrind_control -z "$NGINX_PID" >/dev/null 2>&1
+  send "$N"
+  callgrind_control -d "$NGINX_PID" >/dev/null 2>&1
+  NDUMP=$(ls "$OUT"/nginx-callgrind.out."$NGINX_PID".* 2>/dev/null | head -1)
+  NTOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$NDUMP")
+  echo "callgrind: nginx $((NTOTAL / N)) instructions per proxied 2 KB request ($NTOTAL over $N)"
+fi
+if [[ "${1:-}" == "--measure" || "${1:-}" == "--nginx" ]]; then exit 0; fi
 if ((PER > THRESHOLD)); then
   echo "FAIL: $PER instructions per request is above the threshold $THRESHOLD" >&2
   echo "(profile: callgrind_annotate $DUMP)" >&2

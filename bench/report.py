@@ -78,9 +78,9 @@ w("")
 big = [r for r in rows if r.get("load") == "10m"]
 if big:
     conc = big[0]["conc"]
-    w(f"## 10 MB bodies (CreateAttachment, concurrency {conc})")
+    w(f"## 10 MiB bodies (CreateAttachment, concurrency {conc})")
     w("")
-    w("| path | MB/s | requests/s | vs nginx | vs direct |")
+    w("| path | MiB/s | requests/s | vs nginx | vs direct |")
     w("|---|---|---|---|---|")
     med = {}
     for p in PATHS:
@@ -88,14 +88,14 @@ if big:
         if not rs:
             continue
         size = 10 * 1024 * 1024
-        mb_med, mb_txt = spread([rps(r) * size / 1e6 for r in rs], lambda v: f"{v:,.0f}")
+        mb_med, mb_txt = spread([rps(r) * size / 2**20 for r in rs], lambda v: f"{v:,.0f}")
         _, r_txt = spread([rps(r) for r in rs], lambda v: f"{v:,.1f}")
         med[p] = mb_med
         vs_n = f"{mb_med / med['nginx']:.2f}x" if p == "gateway" and "nginx" in med else ""
         vs_d = f"{mb_med / med['direct']:.2f}x" if p != "direct" and "direct" in med else ""
         w(f"| {p} | {mb_txt} | {r_txt} | {vs_n} | {vs_d} |")
     if "gateway" in med and "nginx" in med:
-        targets.append(("10 MB: throughput >= nginx", f"{med['gateway'] / med['nginx']:.2f}x",
+        targets.append(("10 MiB bodies: throughput >= nginx", f"{med['gateway'] / med['nginx']:.2f}x",
                         med["gateway"] >= med["nginx"]))
     w("")
 
@@ -106,10 +106,10 @@ w("|---|---|")
 for r in rows:
     if r.get("kind") == "upload":
         growth = (r["hwm_kib"] - r["rss_before_kib"]) / 1024
-        mb = r["bytes"] / 1e6
-        w(f"| one {mb:.0f} MB upload: peak RSS growth (VmHWM - VmRSS before) | {growth:.1f} MiB "
-          f"(status {r['status']}, {r['seconds']:.2f} s, {mb / r['seconds']:.0f} MB/s) |")
-        targets.append(("100 MB upload: peak memory growth < 16 MB", f"{growth:.1f} MiB",
+        mib = r["bytes"] / 2**20
+        w(f"| one {mib:.0f} MiB upload: peak RSS growth (VmHWM - VmRSS before) | {growth:.1f} MiB "
+          f"(status {r['status']}, {r['seconds']:.2f} s, {mib / r['seconds']:.0f} MiB/s) |")
+        targets.append(("100 MiB upload: peak memory growth < 16 MB", f"{growth:.1f} MiB",
                         r["status"] == 200 and growth * 1024 * 1024 < 16e6))
 for r in rows:
     if r.get("kind") == "idle":

@@ -223,12 +223,12 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-echo "== 10 MB bodies, $ROUNDS round(s) of ${BIG_DUR}s per path, concurrency $BIG_CONC"
+echo "== 10 MiB bodies, $ROUNDS round(s) of ${BIG_DUR}s per path, concurrency $BIG_CONC"
 for r in $(seq "$ROUNDS"); do
   for p in $PATHS; do run_wrk "$p" 10m "$BIG_CONC" "$BIG_DUR" "$OUT/body-10m.xml" "$r"; done
 done
 
-echo "== one 100 MB upload through the gateway: peak memory growth"
+echo "== one 100 MiB upload through the gateway: peak memory growth"
 # Reset the peak (VmHWM) to the current RSS, then stream the upload.
 echo 5 >"/proc/$GW_PID/clear_refs"
 before=$(kib "$GW_PID" VmRSS)
