@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -64,6 +65,9 @@ pub enum FailureOutcome {
 pub struct Lockout {
     policy: LockoutPolicy,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Whether any failure was ever recorded: until then the map is empty and the hot path of a
+    /// successful login takes no lock.
+    any: AtomicBool,
 }
 
 /// Entries kept before stale ones are pruned (bounds memory under a spray of user names).
@@ -75,6 +79,7 @@ impl Lockout {
         Self {
             policy,
             entries: Mutex::new(HashMap::new()),
+            any: AtomicBool::new(false),
         }
     }
 
@@ -90,6 +95,9 @@ impl Lockout {
 
     /// Whether any of `keys` is locked now. A lockout that has run out is ended (and audited).
     pub fn is_locked(&self, keys: &[&str]) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let now = Instant::now();
         let Ok(mut entries) = self.entries.lock() else {
             return false;
@@ -126,6 +134,9 @@ impl Lockout {
                     || now.duration_since(e.window_start) < window.max(max_lock)
             });
         }
+        // Set under the lock, before the entry can be seen: entries are never all removed again
+        // (pruning is followed by this insert).
+        self.any.store(true, Ordering::Release);
         let e = entries.entry(key.to_owned()).or_insert(Entry {
             failures: 0,
             window_start: now,
@@ -156,6 +167,9 @@ impl Lockout {
 
     /// A successful login clears the user's failures (not its lockout history).
     pub fn record_success(&self, key: &str) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut entries) = self.entries.lock()
             && let Some(e) = entries.get_mut(key)
         {
