@@ -93,6 +93,12 @@ impl Lockout {
         format!("ip:{ip}")
     }
 
+    /// Whether any failure was ever recorded; until then no key is locked and there is nothing
+    /// to reset, so callers may skip building keys.
+    pub fn is_tracking(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
     /// Whether any of `keys` is locked now. A lockout that has run out is ended (and audited).
     pub fn is_locked(&self, keys: &[&str]) -> bool {
         if !self.any.load(Ordering::Acquire) {

@@ -149,33 +149,36 @@ pub async fn authenticate(
         return Err(GatewayError::Unauthenticated);
     };
     let policy = lockout.policy();
-    let source = Lockout::source_key(peer);
+    // Keys are built only when they are used: in the steady state nothing was ever recorded.
+    let source = || Lockout::source_key(peer);
     let creds = match parse_basic(value.as_bytes()) {
         Ok(c) => c,
         Err(err) => {
             tracing::debug!(reason = %err, "malformed Basic credentials");
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            lockout.record_failure(&source(), policy.max_failures_per_source);
             return Err(GatewayError::Unauthenticated);
         }
     };
     let name = users
         .canonical_name(&creds.username)
         .unwrap_or_else(|| creds.username.to_lowercase());
-    let user = Lockout::user_key(&name);
-    if lockout.is_locked(&[&user, &source]) {
+    let user = || Lockout::user_key(&name);
+    if lockout.is_tracking() && lockout.is_locked(&[&user(), &source()]) {
         users.spend_dummy_check().await;
         tracing::info!(user = %name, %peer, "login refused: locked");
         return Err(GatewayError::Unauthenticated);
     }
     match users.verify(&creds).await {
         Ok(principal) => {
-            lockout.record_success(&user);
+            if lockout.is_tracking() {
+                lockout.record_success(&user());
+            }
             Ok(principal)
         }
         Err(err) => {
             tracing::info!(user = %name, %peer, reason = %err, "authentication failed");
-            lockout.record_failure(&user, policy.max_failures);
-            lockout.record_failure(&source, policy.max_failures_per_source);
+            lockout.record_failure(&user(), policy.max_failures);
+            lockout.record_failure(&source(), policy.max_failures_per_source);
             Err(GatewayError::Unauthenticated)
         }
     }
