@@ -383,7 +383,9 @@ pub struct CredentialStore {
     users: HashMap<String, User>,
     names: NameOptions,
     dummy: StoredHash,
-    cache_key: [u8; 32],
+    /// HMAC-SHA256 keyed with a per-process random secret, its key schedule done once (cloned
+    /// per request instead of re-keyed).
+    cache_mac: Hmac<Sha256>,
     cache: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     hash_checks: AtomicU64,
     /// Caps concurrent hash verifications: argon2id with default parameters takes 19 MiB each,
@@ -505,7 +507,8 @@ impl CredentialStore {
             users,
             names: options.names,
             dummy: StoredHash::Argon2(dummy),
-            cache_key: rand::random(),
+            cache_mac: Hmac::<Sha256>::new_from_slice(&rand::random::<[u8; 32]>())
+                .map_err(|e| UsersError(vec![e.to_string()]))?,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(options.cache_ttl.max(Duration::from_millis(1)))
@@ -544,10 +547,7 @@ impl CredentialStore {
     }
 
     fn cache_key(&self, name: &str, password: &str) -> [u8; 32] {
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.cache_key) {
-            Ok(m) => m,
-            Err(_) => return [0; 32], // unreachable: HMAC takes keys of any length
-        };
+        let mut mac = self.cache_mac.clone();
         mac.update(name.as_bytes());
         mac.update(&[0]);
         mac.update(password.as_bytes());

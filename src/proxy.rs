@@ -274,6 +274,7 @@ pub async fn authenticate(
         return Err(GatewayError::Unauthenticated);
     };
     let policy = lockout.policy();
+    // Keys are built only when they are used: in the steady state nothing was ever recorded.
     let source = Lockout::source_key(peer);
     let creds = match parse_basic(value.as_bytes()) {
         Ok(c) => c,

@@ -467,7 +467,13 @@ fn scan(buf: &[u8], at_end: bool) -> Result<Option<HeadPlan>, RewriteError> {
         ),
         Err(e) => (e.valid_up_to(), None),
     };
-    let (valid, invalid) = match doc[..valid].iter().position(|&b| b == 0) {
+    // `contains` is a vectorised memchr; the byte-wise position is only computed when needed.
+    let nul = if doc[..valid].contains(&0) {
+        doc[..valid].iter().position(|&b| b == 0)
+    } else {
+        None
+    };
+    let (valid, invalid) = match nul {
         Some(nul) => (
             nul,
             Some("the body contains a NUL character (UTF-16 or UTF-32 text?)"),

@@ -287,7 +287,10 @@ impl EwsPassthrough {
             HeaderValue::from_str(anchor).map_err(|_| bad_header("mailbox address"))?,
         );
         if !h.contains_key("client-request-id") {
-            let id = uuid::Uuid::new_v4().to_string();
+            // A v4 UUID from the thread-local CSPRNG: no getrandom system call per request.
+            let id = uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string();
             if let Ok(v) = HeaderValue::from_str(&id) {
                 h.insert(HeaderName::from_static("client-request-id"), v);
             }
