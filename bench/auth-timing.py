@@ -38,6 +38,8 @@ max_failures = {MAX_FAILURES}
 max_failures_per_source = 1000000
 [limits]
 requests_per_second_per_principal = 0
+[upstream]
+ews_url = "http://127.0.0.1:9/EWS/Exchange.asmx"
 [[tenant]]
 tenant_id = "contoso.example"
 client_id = "11111111-2222-4333-8444-555555555555"
@@ -47,11 +49,15 @@ authority = "http://127.0.0.1:9"
     proc = subprocess.Popen([BIN, "serve", "--config", f"{work}/gw.toml"], stderr=subprocess.PIPE,
                             env={**os.environ, "RUST_LOG": "warn,ews_gateway::server=info"})
     addr = None
+    seen = []
     for line in proc.stderr:
+        seen.append(line.decode(errors="replace"))
         m = re.search(rb"addr=(\S+)", line)
         if m:
             addr = m.group(1).decode()
             break
+    if addr is None:
+        sys.exit("the gateway did not start:\n" + "".join(seen))
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port))
