@@ -123,6 +123,11 @@ impl AuditLog {
         &self.config
     }
 
+    /// Whether lines go anywhere (callers skip building a record otherwise).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Records one request; never blocks.
     pub fn record(&self, record: &AuditRecord) {
         let Some(tx) = &self.tx else { return };

@@ -372,10 +372,10 @@ fn default_per_mailbox() -> usize {
     27
 }
 fn default_principal_rate() -> u32 {
-    20
+    50
 }
 fn default_principal_burst() -> u32 {
-    60
+    100
 }
 fn default_realm() -> String {
     "ews-gateway".to_owned()

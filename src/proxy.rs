@@ -122,7 +122,10 @@ pub async fn handle<U: Upstream>(
     let request_id = match given {
         Some(id) => id,
         None => {
-            let id = uuid::Uuid::new_v4().to_string();
+            // The thread-local generator: no system call per request.
+            let id = uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string();
             if let Ok(value) = HeaderValue::from_str(&id) {
                 req.headers_mut().insert("client-request-id", value);
             }
@@ -239,6 +242,9 @@ async fn serve_request<U: Upstream>(
             upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
             "request"
         );
+        if !sink.enabled() {
+            return;
+        }
         sink.record(&AuditRecord {
             event: "request".to_owned(),
             ts: crate::audit::timestamp(wall),
