@@ -183,7 +183,10 @@ pub async fn start(config: &Config) -> Result<GatewayHandle, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let options = ServeOptions {
         header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_seconds),
+        idle_timeout: Duration::from_secs(config.limits.idle_timeout_seconds),
         max_header_bytes: config.limits.max_header_bytes,
+        max_header_count: config.limits.max_header_count,
+        max_connections: config.limits.max_connections,
     };
     let shutdown = CancellationToken::new();
     let is_tls = tls.is_some();
