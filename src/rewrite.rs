@@ -1860,6 +1860,36 @@ mod tests {
             prop_assert_eq!(run_split(&input, &splits, limits, &target()), whole);
         }
 
+        /// Nothing of the client's bytes is lost or reordered: the input without the client's own
+        /// impersonation element is a subsequence of the output, and the output adds only the
+        /// target element (plus a Header wrapper when the client had none).
+        #[test]
+        fn client_bytes_survive_in_order(
+            doc in 0..valid_docs().len(),
+            filler in 0usize..200,
+            kind in kind_strategy(),
+            value in "[a-zA-Z0-9@._<>&'\" -]{0,30}[a-zA-Z0-9@.<>&'\"]",
+            splits in proptest::collection::vec(0usize..2000, 0..6),
+        ) {
+            let to = ConnectingSid { kind, value };
+            let input = with_filler(valid_docs()[doc], filler);
+            let mut splits = splits;
+            splits.sort_unstable();
+            let (_, out) = run_split(&input, &splits, RewriteLimits::default(), &to).unwrap();
+            let text = String::from_utf8(input).unwrap();
+            let stripped = [EXCHANGELIB_IMP, MANAGED_API_IMP, REBOUND_IMP, MISC_IMP]
+                .iter()
+                .map(|imp| fill(imp))
+                .find(|imp| text.contains(imp.as_str()))
+                .map(|imp| text.replacen(&imp, "", 1))
+                .unwrap_or(text);
+            let mut rest = out.iter();
+            prop_assert!(stripped.bytes().all(|b| rest.any(|x| *x == b)), "a client byte was lost");
+            let element = to.to_header_xml();
+            let added = out.len() - stripped.len();
+            prop_assert!(added >= element.len() && added <= element.len() + 40, "added {added}");
+        }
+
         /// The output holds exactly one EWS impersonation, directly under the SOAP Header, naming
         /// the target; everything parses namespace-aware.
         #[test]
