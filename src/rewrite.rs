@@ -456,6 +456,12 @@ fn scan(buf: &[u8], at_end: bool) -> Result<Option<HeadPlan>, RewriteError> {
         0
     };
     let doc = &buf[base..];
+    // After the one BOM the prolog may only start with `<` or whitespace. quick-xml would skip a
+    // second BOM when it sees it whole but not when a chunk ends inside it, and Exchange reads it
+    // as a character before the root: refuse it, decided on its first byte.
+    if doc.first() == Some(&0xEF) {
+        return Err(RewriteError::ContentBeforeEnvelope);
+    }
     // Parse only the longest valid UTF-8 prefix without NUL; if the parse needs bytes beyond a
     // definitely invalid byte, that byte is the error.
     let (valid, invalid) = match std::str::from_utf8(doc) {
@@ -1321,6 +1327,19 @@ mod tests {
             info.client_impersonation,
             sid(ConnectingSidKind::SmtpAddress, "alice@contoso.com")
         );
+    }
+
+    /// Found by fuzzing: a second BOM was skipped or not depending on where a chunk ended.
+    #[test]
+    fn a_second_byte_order_mark_is_content_before_the_envelope() {
+        for rest in [&b"<s:Envelope/>"[..], b"<#DOC/////>/////PY", b""] {
+            let mut doc = b"\xEF\xBB\xBF\xEF\xBB\xBF".to_vec();
+            doc.extend_from_slice(rest);
+            assert_eq!(err_bytes(&doc), RewriteError::ContentBeforeEnvelope);
+        }
+        let mut doc = b"\xEF\xBB\xBF\xEF\xBB\xBF".to_vec();
+        doc.extend_from_slice(fill(NO_HEADER).as_bytes());
+        assert_eq!(err_bytes(&doc), RewriteError::ContentBeforeEnvelope);
     }
 
     #[test]

@@ -590,6 +590,15 @@ fn encoding_cases() -> Vec<Case> {
             }),
         ),
         c(
+            "two_utf8_boms",
+            as_alice({
+                let mut v = b"\xEF\xBB\xBF".to_vec();
+                v.extend_from_slice(&bom);
+                v
+            }),
+            Expect::Fault(INV, "content before the SOAP Envelope"),
+        ),
+        c(
             "declared_latin1",
             as_alice(plain.replacen("encoding=\"utf-8\"", "encoding=\"ISO-8859-1\"", 1)),
             Expect::Fault(INV, "ISO-8859-1"),
