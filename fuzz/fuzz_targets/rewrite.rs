@@ -3,8 +3,9 @@
 //! Invariants: no panic; the outcome (error variant, or head info and output bytes) is the same
 //! whether the input comes in one chunk or split at the fuzzer-chosen points; an accepted input
 //! rewrites to bytes that the scanner accepts again with exactly the target impersonation and the
-//! same operation; when the whole output is a well-formed document it holds exactly one
-//! ExchangeImpersonation, directly under the one SOAP Header; when the client sent none, every
+//! same operation; when the whole output is a well-formed document, the part before the Body holds
+//! exactly one ExchangeImpersonation, directly under the one SOAP Header; when the client sent
+//! none, every
 //! input byte is still there, in order, with only the inserted header added.
 #![no_main]
 
@@ -112,12 +113,23 @@ fuzz_target!(|data: &[u8]| {
             "more than the impersonation was inserted"
         );
     }
+    // What follows the Body's start is forwarded unparsed by design (Exchange reads headers only
+    // before the Body), so only the Envelope's children before the first Body are checked.
     if let Ok(root) = xml::parse(&out) {
         let soap = if root.is(NS_SOAP12, "Envelope") { NS_SOAP12 } else { NS_SOAP };
         let mut found = Vec::new();
-        impersonations(&root, 0, &mut found);
-        assert_eq!(found.len(), 1, "not exactly one impersonation");
+        let mut headers = 0;
+        for child in root.elements() {
+            if child.is(soap, "Body") {
+                break;
+            }
+            if child.is(soap, "Header") {
+                headers += 1;
+            }
+            impersonations(child, 1, &mut found);
+        }
+        assert_eq!(found.len(), 1, "not exactly one impersonation before the Body");
         assert_eq!(found[0].0, 2, "the impersonation is not directly under the Header");
-        assert_eq!(root.children_named(soap, "Header").count(), 1);
+        assert_eq!(headers, 1, "not exactly one Header before the Body");
     }
 });
