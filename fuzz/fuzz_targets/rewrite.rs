@@ -5,8 +5,7 @@
 //! rewrites to bytes that the scanner accepts again with exactly the target impersonation and the
 //! same operation; when the whole output is a well-formed document, the part before the Body holds
 //! exactly one ExchangeImpersonation, directly under the one SOAP Header; when the client sent
-//! none, every
-//! input byte is still there, in order, with only the inserted header added.
+//! none, every input byte is still there, in order, with only the inserted header added.
 #![no_main]
 
 use ews_gateway::rewrite::{PrefixScanner, RewriteError, RewriteLimits};
