@@ -8,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(creds) = parse_basic(data) else { return };
     assert!(!creds.username.is_empty());
-    assert!(!creds.username.contains(':'), "the user name ends at the first colon");
+    assert!(
+        !creds.username.contains(':'),
+        "the user name ends at the first colon"
+    );
     let again = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD

@@ -91,7 +91,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, split, "chunking changed the outcome");
 
     let Ok((_, out)) = whole else { return };
-    let again = run(&out, &[], RewriteLimits { max_prefix_bytes: 1 << 20 }, &target);
+    let again = run(
+        &out,
+        &[],
+        RewriteLimits {
+            max_prefix_bytes: 1 << 20,
+        },
+        &target,
+    );
     let Ok((info, _)) = again else {
         panic!("the rewritten head is refused: {again:?}");
     };
@@ -115,7 +122,11 @@ fuzz_target!(|data: &[u8]| {
     // What follows the Body's start is forwarded unparsed by design (Exchange reads headers only
     // before the Body), so only the Envelope's children before the first Body are checked.
     if let Ok(root) = xml::parse(&out) {
-        let soap = if root.is(NS_SOAP12, "Envelope") { NS_SOAP12 } else { NS_SOAP };
+        let soap = if root.is(NS_SOAP12, "Envelope") {
+            NS_SOAP12
+        } else {
+            NS_SOAP
+        };
         let mut found = Vec::new();
         let mut headers = 0;
         for child in root.elements() {
@@ -127,8 +138,15 @@ fuzz_target!(|data: &[u8]| {
             }
             impersonations(child, 1, &mut found);
         }
-        assert_eq!(found.len(), 1, "not exactly one impersonation before the Body");
-        assert_eq!(found[0].0, 2, "the impersonation is not directly under the Header");
+        assert_eq!(
+            found.len(),
+            1,
+            "not exactly one impersonation before the Body"
+        );
+        assert_eq!(
+            found[0].0, 2,
+            "the impersonation is not directly under the Header"
+        );
         assert_eq!(headers, 1, "not exactly one Header before the Body");
     }
 });
