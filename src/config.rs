@@ -336,9 +336,14 @@ pub struct LimitsConfig {
     /// Largest SOAP envelope head (everything before the operation element) in bytes.
     #[serde(default = "default_max_prefix")]
     pub max_envelope_head_bytes: usize,
-    /// Seconds a client has to send its request head.
+    /// Seconds a new connection has to finish its TLS handshake and send its first request head
+    /// (slowloris defence).
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_seconds: u64,
+    /// Seconds a kept-alive connection may sit between requests (until its next complete head);
+    /// never counts while a response, such as a streaming notification, is being sent.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
     /// Largest request head in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -352,6 +357,12 @@ pub struct LimitsConfig {
     /// Requests a principal may send at once above its sustained rate.
     #[serde(default = "default_principal_burst")]
     pub request_burst_per_principal: u32,
+    /// Most header fields in a request head.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Most client connections served at once; further ones are closed right after accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -360,10 +371,13 @@ impl Default for LimitsConfig {
             max_body_bytes: default_max_body(),
             max_envelope_head_bytes: default_max_prefix(),
             header_read_timeout_seconds: default_header_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_requests_per_mailbox: default_per_mailbox(),
             requests_per_second_per_principal: default_principal_rate(),
             request_burst_per_principal: default_principal_burst(),
+            max_header_count: default_max_header_count(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -407,6 +421,16 @@ fn default_header_timeout() -> u64 {
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
+}
+fn default_idle_timeout() -> u64 {
+    // IIS's default connection timeout: clients tuned against Exchange expect at least this.
+    120
+}
+fn default_max_header_count() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    1024
 }
 
 /// Where a secret comes from, resolved.
@@ -661,6 +685,20 @@ impl Config {
         problems.extend(self.auth.lockout.problems());
         if self.limits.max_envelope_head_bytes < 1024 {
             problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("header_read_timeout_seconds", l.header_read_timeout_seconds),
+            ("idle_timeout_seconds", l.idle_timeout_seconds),
+            ("max_header_count", l.max_header_count as u64),
+            ("max_connections", l.max_connections as u64),
+        ] {
+            if value == 0 {
+                problems.push(format!("limits.{key}: at least 1"));
+            }
+        }
+        if l.max_header_bytes < 8192 {
+            problems.push("limits.max_header_bytes: at least 8192".to_owned());
         }
         if problems.is_empty() {
             Ok(())

@@ -54,18 +54,135 @@ pub struct ConnInfo {
 /// Per-server connection settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Time allowed for a client to send a complete request head.
+    /// Time allowed for a new connection to complete its TLS handshake and first request head.
     pub header_read_timeout: Duration,
+    /// Time a kept-alive connection may wait, with no request in progress, for the next complete
+    /// request head. Never applies while a response is streaming.
+    pub idle_timeout: Duration,
     /// Maximum bytes in a request head.
     pub max_header_bytes: usize,
+    /// Maximum header fields in a request head (hyper answers 431 beyond it).
+    pub max_header_count: usize,
+    /// Maximum connections served at once; a connection beyond it is closed right after accept.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
+            max_header_count: 100,
+            max_connections: 1024,
         }
+    }
+}
+
+/// Whether a connection is serving a request, and since when it has not been.
+///
+/// hyper's own header-read timer starts when a connection begins waiting for a head, so it would
+/// make the keep-alive idle time and the head time one number; this watch keeps them apart.
+/// Requests count as in progress from their head until hyper drops the response body, so a
+/// long-lived streaming response (EWS streaming notifications, up to 30 minutes) is never idle.
+#[derive(Debug)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the last response ended; `None` before the first request.
+    last_end: std::sync::Mutex<Option<tokio::time::Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_end: std::sync::Mutex::new(None),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the connection is to be closed if it is still idle then; `None` while serving.
+    fn deadline(
+        &self,
+        opened: tokio::time::Instant,
+        options: &ServeOptions,
+    ) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last_end = self.last_end.lock().map(|g| *g).unwrap_or(None);
+        Some(match last_end {
+            None => opened + options.header_read_timeout,
+            Some(end) => end + options.idle_timeout,
+        })
+    }
+
+    /// Resolves when the connection has been idle past its deadline.
+    async fn expired(&self, opened: tokio::time::Instant, options: &ServeOptions) {
+        loop {
+            match self.deadline(opened, options) {
+                None => self.changed.notified().await,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {
+                            if self.deadline(opened, options).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                                return;
+                            }
+                        }
+                        _ = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One request in progress; ends when dropped (with the response body, or the handler future).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut end) = self.0.last_end.lock() {
+            *end = Some(tokio::time::Instant::now());
+        }
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until hyper is done with it.
+struct TrackedBody {
+    inner: Body,
+    _flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -84,6 +201,7 @@ pub async fn serve<H, F>(
 {
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
@@ -99,6 +217,14 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
+        // Over the cap the connection is closed at once rather than left in the accept backlog:
+        // a client then fails fast and retries, instead of hanging behind connections that may be
+        // slow on purpose; the ones being served are not slowed down.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max = options.max_connections, "connection refused: too many connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok().or(local).unwrap_or(peer);
         let handler = Arc::clone(&handler);
@@ -106,21 +232,40 @@ pub async fn serve<H, F>(
         let options = options.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _slot = slot;
+            let opened = tokio::time::Instant::now();
+            let activity = Activity::new();
             let info = ConnInfo {
                 peer,
                 local,
                 tls: tls.is_some(),
             };
+            let service_activity = Arc::clone(&activity);
             let service = service_fn(move |req| {
                 let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler(req, info).await) }
+                let flight = service_activity.begin();
+                async move {
+                    let resp = handler(req, info).await;
+                    let resp = resp.map(|inner| {
+                        TrackedBody {
+                            inner,
+                            _flight: flight,
+                        }
+                        .boxed_unsync()
+                    });
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = http1::Builder::new();
+            // hyper's timer is the outer bound; `Activity` applies the first-head and idle limits.
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(options.header_read_timeout)
+                .header_read_timeout(options.header_read_timeout.max(options.idle_timeout))
                 .max_buf_size(options.max_header_bytes.max(8192))
+                .max_header_size(options.max_header_bytes)
+                .max_headers(options.max_header_count)
                 .keep_alive(true);
+            let idle = async { activity.expired(opened, &options).await };
             match tls {
                 Some(acceptor) => {
                     let handshake =
@@ -131,11 +276,11 @@ pub async fn serve<H, F>(
                         return;
                     };
                     let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                    drive(conn, shutdown).await;
+                    drive(conn, shutdown, idle).await;
                 }
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, shutdown).await;
+                    drive(conn, shutdown, idle).await;
                 }
             }
         });
@@ -144,8 +289,11 @@ pub async fn serve<H, F>(
     tracker.wait().await;
 }
 
-async fn drive<I, S>(conn: http1::Connection<I, S>, shutdown: CancellationToken)
-where
+async fn drive<I, S>(
+    conn: http1::Connection<I, S>,
+    shutdown: CancellationToken,
+    idle: impl Future<Output = ()>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
     S::Future: Send,
@@ -157,6 +305,10 @@ where
             if let Err(err) = result {
                 tracing::debug!(error = %err, "connection ended with error");
             }
+        }
+        // Idle means no request in progress: dropping the connection loses nothing.
+        _ = idle => {
+            tracing::debug!("connection closed: idle or request head not complete in time");
         }
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();

@@ -456,6 +456,12 @@ fn scan(buf: &[u8], at_end: bool) -> Result<Option<HeadPlan>, RewriteError> {
         0
     };
     let doc = &buf[base..];
+    // After the one BOM the prolog may only start with `<` or whitespace. quick-xml would skip a
+    // second BOM when it sees it whole but not when a chunk ends inside it, and Exchange reads it
+    // as a character before the root: refuse it, decided on its first byte.
+    if doc.first() == Some(&0xEF) {
+        return Err(RewriteError::ContentBeforeEnvelope);
+    }
     // Parse only the longest valid UTF-8 prefix without NUL; if the parse needs bytes beyond a
     // definitely invalid byte, that byte is the error.
     let (valid, invalid) = match std::str::from_utf8(doc) {
@@ -1329,6 +1335,19 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing: a second BOM was skipped or not depending on where a chunk ended.
+    #[test]
+    fn a_second_byte_order_mark_is_content_before_the_envelope() {
+        for rest in [&b"<s:Envelope/>"[..], b"<#DOC/////>/////PY", b""] {
+            let mut doc = b"\xEF\xBB\xBF\xEF\xBB\xBF".to_vec();
+            doc.extend_from_slice(rest);
+            assert_eq!(err_bytes(&doc), RewriteError::ContentBeforeEnvelope);
+        }
+        let mut doc = b"\xEF\xBB\xBF\xEF\xBB\xBF".to_vec();
+        doc.extend_from_slice(fill(NO_HEADER).as_bytes());
+        assert_eq!(err_bytes(&doc), RewriteError::ContentBeforeEnvelope);
+    }
+
     #[test]
     fn utf8_bom_and_crlf_are_kept() {
         let doc = format!("\u{feff}{}", fill(EXCHANGELIB).replace("\n", "\r\n"));
@@ -1864,6 +1883,36 @@ mod tests {
             let limits = RewriteLimits { max_prefix_bytes: if small_limit { 600 } else { DEFAULT_MAX_PREFIX_BYTES } };
             let whole = run_split(&input, &[], limits, &target());
             prop_assert_eq!(run_split(&input, &splits, limits, &target()), whole);
+        }
+
+        /// Nothing of the client's bytes is lost or reordered: the input without the client's own
+        /// impersonation element is a subsequence of the output, and the output adds only the
+        /// target element (plus a Header wrapper when the client had none).
+        #[test]
+        fn client_bytes_survive_in_order(
+            doc in 0..valid_docs().len(),
+            filler in 0usize..200,
+            kind in kind_strategy(),
+            value in "[a-zA-Z0-9@._<>&'\" -]{0,30}[a-zA-Z0-9@.<>&'\"]",
+            splits in proptest::collection::vec(0usize..2000, 0..6),
+        ) {
+            let to = ConnectingSid { kind, value };
+            let input = with_filler(valid_docs()[doc], filler);
+            let mut splits = splits;
+            splits.sort_unstable();
+            let (_, out) = run_split(&input, &splits, RewriteLimits::default(), &to).unwrap();
+            let text = String::from_utf8(input).unwrap();
+            let stripped = [EXCHANGELIB_IMP, MANAGED_API_IMP, REBOUND_IMP, MISC_IMP]
+                .iter()
+                .map(|imp| fill(imp))
+                .find(|imp| text.contains(imp.as_str()))
+                .map(|imp| text.replacen(&imp, "", 1))
+                .unwrap_or(text);
+            let mut rest = out.iter();
+            prop_assert!(stripped.bytes().all(|b| rest.any(|x| *x == b)), "a client byte was lost");
+            let element = to.to_header_xml();
+            let added = out.len() - stripped.len();
+            prop_assert!(added >= element.len() && added <= element.len() + 40, "added {added}");
         }
 
         /// The output holds exactly one EWS impersonation, directly under the SOAP Header, naming

@@ -616,7 +616,10 @@ async fn start_inner(
     };
     let options = ServeOptions {
         header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_seconds),
+        idle_timeout: Duration::from_secs(config.limits.idle_timeout_seconds),
         max_header_bytes: config.limits.max_header_bytes,
+        max_header_count: config.limits.max_header_count,
+        max_connections: config.limits.max_connections,
     };
     let print = (
         fingerprint(config_path.as_deref(), &config),

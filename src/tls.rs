@@ -218,6 +218,44 @@ mod tests {
         server_config(certs, key).unwrap();
     }
 
+    /// rustls has no TLS 1.0/1.1, CBC, RC4, 3DES or static-RSA code; this pins what the listener
+    /// offers: TLS 1.3 and TLS 1.2 ECDHE suites with AES-GCM or ChaCha20-Poly1305 only.
+    #[test]
+    fn listener_offers_only_tls12_and_tls13_with_forward_secret_aead_suites() {
+        let pki = generate_pki(&["localhost".into()]).unwrap();
+        let certs = certs_from_pem(pki.server_cert_pem.as_bytes(), "gen").unwrap();
+        let key = key_from_pem(pki.server_key_pem.as_bytes(), "gen").unwrap();
+        let config = server_config(certs, key).unwrap();
+        let suites = &config.crypto_provider().cipher_suites;
+        assert!(!suites.is_empty());
+        let mut versions = std::collections::BTreeSet::new();
+        for suite in suites {
+            let version = suite.version().version;
+            versions.insert(format!("{version:?}"));
+            let name = format!("{:?}", suite.suite());
+            assert!(
+                version == rustls::ProtocolVersion::TLSv1_3
+                    || version == rustls::ProtocolVersion::TLSv1_2,
+                "{name}"
+            );
+            assert!(
+                name.contains("GCM") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
+            if version == rustls::ProtocolVersion::TLSv1_2 {
+                assert!(
+                    name.starts_with("TLS_ECDHE_"),
+                    "{name} is not forward secret"
+                );
+            }
+        }
+        assert_eq!(
+            versions.into_iter().collect::<Vec<_>>(),
+            ["TLSv1_2", "TLSv1_3"]
+        );
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
     #[test]
     fn empty_pem_is_refused_with_origin() {
         let err = certs_from_pem(b"", "/etc/x.pem").unwrap_err();

@@ -232,6 +232,11 @@ impl EwsPassthrough {
                     .record(started.elapsed().as_secs_f64());
                 Ok(resp)
             }
+            // The client's chunked body crossed the limit while streaming: the client's fault,
+            // not an outage (an ErrorServerBusy would make it retry the same upload).
+            Ok(Err(err)) if body_too_large(&err).is_some() => Err(GatewayError::PayloadTooLarge {
+                limit: body_too_large(&err).unwrap_or_default(),
+            }),
             Ok(Err(err)) => Err(GatewayError::Unavailable {
                 side: Side::Exchange,
                 message: format!(
@@ -474,6 +479,18 @@ fn limited_body(prefix: Bytes, rest: Option<Body>, limit: u64) -> Body {
         Ok(Frame::data(chunk))
     });
     BodyExt::boxed_unsync(StreamBody::new(frames))
+}
+
+/// The limit of a [`BodyTooLarge`] anywhere in `err`'s source chain.
+fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(too_large.limit);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The client's body grew past the configured limit while streaming.

@@ -133,3 +133,77 @@ pub fn spawn_serve(config: &std::path::Path, envs: &[(&str, &str)]) -> ServeProc
         .expect("the gateway did not report its address");
     ServeProcess { child, addr }
 }
+
+/// The demo with its gateway configuration changed by `tune` and `extra_users` (users-file TOML)
+/// appended to the demo users.
+pub async fn start_demo_tuned(
+    tune: impl FnOnce(&mut ews_gateway::config::Config),
+    extra_users: &str,
+) -> Demo {
+    ews_gateway::tls::install_crypto_provider();
+    let sim = ews_gateway::sim::start(
+        SimConfig::builtin().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    start_gateway_for(sim, tune, extra_users).await
+}
+
+/// A gateway in front of an already running simulator, as the demo builds it, tuned.
+pub async fn start_gateway_for(
+    sim: ews_gateway::sim::SimHandle,
+    tune: impl FnOnce(&mut ews_gateway::config::Config),
+    extra_users: &str,
+) -> Demo {
+    let dir = std::env::temp_dir().join(format!("ews-gateway-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users_file = dir.join("users.toml");
+    let users = format!("{}\n{extra_users}", demo::demo_users_toml().unwrap());
+    std::fs::write(&users_file, users).unwrap();
+    let mut config =
+        demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users_file).unwrap();
+    tune(&mut config);
+    let gateway = ews_gateway::server::start(&config).await.unwrap();
+    Demo {
+        sim,
+        gateway,
+        dir,
+        ca_pem: None,
+    }
+}
+
+/// A users-file entry for `name` with `password`, acting as its own mailbox.
+pub fn user_entry(name: &str, password: &str) -> String {
+    let hash = ews_gateway::auth::hash_password(password).unwrap();
+    format!("\n[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n")
+}
+
+/// A raw HTTP/1.1 exchange: writes `request` as given and reads until the server closes or
+/// `deadline` passes. Returns everything read and whether the server closed the connection.
+pub async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    deadline: std::time::Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may close before the whole request is written (e.g. on a 431); that is fine.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// The status code of the first HTTP response in `raw`, if any.
+pub fn raw_status(raw: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(64)]);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
