@@ -13,12 +13,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Measured 2026-12-01 on the development machine (release build, valgrind 3.19, three runs within
-# 0.2 % of each other); the threshold is ~25 % above it. Raise it only together with a measured
-# reason in the commit message. Valgrind hides SHA-NI, so the HMAC of the credential cache costs
+# Measured 2026-12-01 on the development machine (release build, valgrind 3.19, runs within
+# 1 % of each other); the threshold is ~23 % above it. Raise it only together with a measured
+# reason in the commit message. History: 154,200 before the audit record, metrics, request
+# span, per-principal rate, per-mailbox slots and connection tracking were added; 186,700 after. Valgrind hides SHA-NI, so the HMAC of the credential cache costs
 # more here than natively.
-MEASURED=154200
-THRESHOLD=195000
+MEASURED=186700
+THRESHOLD=230000
 N=${CALLGRIND_N:-200}
 WARM=20
 
