@@ -245,24 +245,7 @@ async fn a_streaming_response_outlives_the_idle_and_head_timeouts() {
     )
     .await;
     let url = demo.gateway.ews_url();
-    let sub = post(&url, Some(ALICE), envelope(Some(version_header()), "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>")).await;
-    let sub_id = sub
-        .body
-        .split("<m:SubscriptionId>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut resp = client()
-        .post(&url)
-        .basic_auth(ALICE.0, Some(ALICE.1))
-        .body(envelope(Some(version_header()), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{sub_id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    let mut resp = open_stream(&url, ALICE, version_header(), 1).await;
     // Heartbeats keep arriving for well over three times both timeouts.
     let started = tokio::time::Instant::now();
     let mut heartbeats = 0;

@@ -90,73 +90,17 @@ async fn scanner_may_send_but_not_read_and_nothing_denied_goes_upstream() {
     demo.stop().await;
 }
 
-struct Setup {
-    sim: ews_gateway::sim::SimHandle,
-    gateway: ews_gateway::server::GatewayHandle,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(tweak: impl FnOnce(&mut ews_gateway::config::Config)) -> Setup {
-    ews_gateway::tls::install_crypto_provider();
-    let sim = ews_gateway::sim::start(
-        ews_gateway::sim::SimConfig::builtin().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users.toml");
-    std::fs::write(&users, ews_gateway::demo::demo_users_toml().unwrap()).unwrap();
-    let mut config =
-        ews_gateway::demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
-    tweak(&mut config);
-    let gateway = ews_gateway::server::start(&config).await.unwrap();
-    Setup {
-        sim,
-        gateway,
-        _dir: dir,
-    }
-}
-
-async fn open_stream(url: &str, user: (&str, &str), header: &str) -> reqwest::Response {
-    let sub = post(
-        url,
-        Some(user),
-        envelope(Some(header), "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"),
-    )
-    .await;
-    let sub_id = sub
-        .body
-        .split("<m:SubscriptionId>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let resp = client()
-        .post(url)
-        .basic_auth(user.0, Some(user.1))
-        .header("Content-Type", "text/xml; charset=utf-8")
-        .body(envelope(Some(header), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{sub_id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>5</m:ConnectionTimeout></m:GetStreamingEvents>")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
 #[tokio::test]
 async fn concurrency_per_mailbox_is_capped_while_streams_hold_their_slots() {
-    let s = setup(|c| c.limits.max_concurrent_requests_per_mailbox = 2).await;
+    let s = start_demo_tuned(|c| c.limits.max_concurrent_requests_per_mailbox = 2, "").await;
     let url = s.gateway.ews_url();
-    let first = open_stream(&url, ALICE, version_header()).await;
+    let first = open_stream(&url, ALICE, version_header(), 5).await;
     let as_alice = format!(
         "{}{}",
         version_header(),
         impersonation("SmtpAddress", "alice@contoso.example")
     );
-    let second = open_stream(&url, ARCHIVER, &as_alice).await;
+    let second = open_stream(&url, ARCHIVER, &as_alice, 5).await;
 
     s.sim.clear_requests();
     for (who, header) in [
@@ -214,16 +158,18 @@ async fn concurrency_per_mailbox_is_capped_while_streams_hold_their_slots() {
     }
     assert!(freed, "the slot of a closed stream is released");
     drop(second);
-    s.gateway.stop().await;
-    s.sim.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test]
 async fn a_principal_over_its_rate_is_told_to_back_off_and_nothing_goes_upstream() {
-    let s = setup(|c| {
-        c.limits.requests_per_second_per_principal = 1;
-        c.limits.request_burst_per_principal = 3;
-    })
+    let s = start_demo_tuned(
+        |c| {
+            c.limits.requests_per_second_per_principal = 1;
+            c.limits.request_burst_per_principal = 3;
+        },
+        "",
+    )
     .await;
     let url = s.gateway.ews_url();
     let replies = futures_util::future::join_all((0..10).map(|_| {
@@ -265,6 +211,5 @@ async fn a_principal_over_its_rate_is_told_to_back_off_and_nothing_goes_upstream
         "principals are limited apart: {}",
         bob.body
     );
-    s.gateway.stop().await;
-    s.sim.stop().await;
+    s.stop().await;
 }

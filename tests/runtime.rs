@@ -459,22 +459,7 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
     assert_eq!(dave.status, 200, "{}", dave.body);
 
     // A streaming subscription and a slow request are in flight when SIGTERM arrives.
-    let mut stream = {
-        let sub = post(&url, Some(ALICE), envelope(Some(version_header()), "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>")).await;
-        let id = sub
-            .body
-            .split("<m:SubscriptionId>")
-            .nth(1)
-            .unwrap()
-            .split('<')
-            .next()
-            .unwrap()
-            .to_owned();
-        client().post(&url).basic_auth(ALICE.0, Some(ALICE.1)).header("Content-Type", "text/xml; charset=utf-8")
-            .body(envelope(Some(version_header()), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>")))
-            .send().await.unwrap()
-    };
-    assert_eq!(stream.status(), 200);
+    let mut stream = open_stream(&url, ALICE, version_header(), 30).await;
     sim.set_faults(Faults {
         ews_latency_ms: 1500,
         ..Faults::default()

@@ -207,3 +207,41 @@ pub fn raw_status(raw: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(&raw[..raw.len().min(64)]);
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// Subscribes `user` to streaming NewMail events on its inbox (with SOAP header content
+/// `header`) and returns the subscription id.
+pub async fn subscribe_inbox(url: &str, user: (&str, &str), header: &str) -> String {
+    let sub = post(
+        url,
+        Some(user),
+        envelope(Some(header), "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"inbox\"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"),
+    )
+    .await;
+    sub.body
+        .split("<m:SubscriptionId>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no SubscriptionId in {}", sub.body))
+        .to_owned()
+}
+
+/// Subscribes and opens GetStreamingEvents (`minutes` of ConnectionTimeout); returns the open
+/// response once its head arrived.
+pub async fn open_stream(
+    url: &str,
+    user: (&str, &str),
+    header: &str,
+    minutes: u32,
+) -> reqwest::Response {
+    let sub_id = subscribe_inbox(url, user, header).await;
+    let resp = client()
+        .post(url)
+        .basic_auth(user.0, Some(user.1))
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(envelope(Some(header), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{sub_id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>{minutes}</m:ConnectionTimeout></m:GetStreamingEvents>")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
