@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -136,7 +137,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with LOCK:
             before = max((r["seq"] for r in sim_log()), default=0)
             target = urllib.parse.urlsplit(GATEWAY)
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=300)
+            if target.scheme == "https":
+                # The demo's own CA (EWS_RECORD_CA), as the client trusts it.
+                ctx = ssl.create_default_context(cafile=os.environ.get("EWS_RECORD_CA"))
+                conn = http.client.HTTPSConnection(target.hostname, target.port, timeout=300,
+                                                   context=ctx)
+            else:
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=300)
             fwd = {k: v for k, v in headers.items() if k not in HOP}
             conn.request(self.command, self.path, body=body or None, headers=fwd)
             resp = conn.getresponse()

@@ -23,7 +23,7 @@ sim_url=$(awk '/^  simulated Exchange Online/ {print $NF; exit}' "$log")
 [ -n "$ews_url" ] && [ -n "$sim_url" ] || { cat "$log"; echo "could not read the demo's URLs"; exit 1; }
 echo "gateway $ews_url, simulator $sim_url"
 if [ -n "${EWS_RECORD_DIR:-}" ]; then
-  python3 -u "$here/record_proxy.py" "$ews_url" "$sim_url" "$EWS_RECORD_DIR" >"$log.proxy" 2>&1 &
+  EWS_RECORD_CA="$work/ca.pem" python3 -u "$here/record_proxy.py" "$ews_url" "$sim_url" "$EWS_RECORD_DIR" >"$log.proxy" 2>&1 &
   proxy=$!
   trap 'kill $pid $proxy 2>/dev/null || true; wait $pid $proxy 2>/dev/null || true; cat "$log.proxy"; rm -f "$log" "$log.proxy"' EXIT
   for _ in $(seq 1 100); do
