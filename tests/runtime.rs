@@ -560,3 +560,99 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
     assert_eq!(row["requests"], 1);
     sim.stop().await;
 }
+
+/// The log level follows `[runtime] log_level` on reload, without a restart (when RUST_LOG is
+/// not set, which would win).
+#[tokio::test]
+async fn the_log_level_changes_on_reload() {
+    ews_gateway::tls::install_crypto_provider();
+    let sim = sim::start(
+        SimConfig::builtin().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, ews_gateway::demo::demo_users_toml().unwrap()).unwrap();
+    let config =
+        ews_gateway::demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
+    let path = dir.path().join("gateway.toml");
+    let with_level = |level: &str| {
+        config_toml(
+            &config,
+            &format!("[runtime]\nwatch_interval_seconds = 0\nlog_level = \"{level}\"\n"),
+        )
+    };
+    std::fs::write(&path, with_level("info")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |pred: &dyn Fn(&str) -> bool| -> Option<String> {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+                && pred(&line)
+            {
+                return Some(line);
+            }
+        }
+        None
+    };
+    let listening = wait_line(&|l| l.contains("ews-gateway listening")).unwrap();
+    let addr = listening
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let malformed = || async {
+        let resp = client()
+            .post(format!("http://{addr}/EWS/Exchange.asmx"))
+            .header("Authorization", "Basic !!!not-base64")
+            .body("<x/>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    };
+    malformed().await;
+    // At info, the request's audit line shows, the debug detail does not.
+    let seen = wait_line(&|l| {
+        l.contains("malformed Basic credentials") || l.contains("outcome=\"unauthenticated\"")
+    });
+    assert!(seen.is_some_and(|l| !l.contains("malformed Basic credentials")));
+
+    std::fs::write(&path, with_level("debug")).unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_line(&|l| l.contains("configuration reloaded")).is_some());
+    malformed().await;
+    assert!(
+        wait_line(&|l| l.contains("malformed Basic credentials")).is_some(),
+        "debug lines appear after the reload"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    sim.stop().await;
+}
