@@ -317,7 +317,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         for (i, line) in text.lines().enumerate() {
             let r: AuditRecord = serde_json::from_str(line).unwrap();
-            assert_eq!(r.principal, Some(format!("u{i}@x.example")), "in order, none lost");
+            assert_eq!(
+                r.principal,
+                Some(format!("u{i}@x.example")),
+                "in order, none lost"
+            );
         }
         assert_eq!(log.dropped(), 0);
     }
