@@ -165,42 +165,26 @@ async fn admin_listener_answers_live_ready_and_metrics_after_traffic() {
     )
     .unwrap_or_else(|| panic!("no FindItem counter in:\n{metrics}"));
     assert!(served.ends_with(" 1"), "{served}");
-    assert!(
-        line(
+    for (name, labels) in [
+        (
             "ews_gateway_auth_failures_total",
-            &["reason=\"invalid_credentials\""]
-        )
-        .is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line("ews_gateway_token_acquisitions_total", &["result=\"ok\""]).is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line("ews_gateway_token_remaining_seconds", &["tenant="]).is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line("ews_gateway_upstream_latency_seconds_bucket", &[]).is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line(
+            &["reason=\"invalid_credentials\""][..],
+        ),
+        ("ews_gateway_token_acquisitions_total", &["result=\"ok\""]),
+        ("ews_gateway_token_remaining_seconds", &["tenant="]),
+        ("ews_gateway_upstream_latency_seconds_bucket", &[]),
+        (
             "ews_gateway_request_duration_seconds_bucket",
-            &["operation=\"FindItem\""]
-        )
-        .is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line("ews_gateway_body_bytes_total", &["direction=\"out\""]).is_some(),
-        "{metrics}"
-    );
-    assert!(
-        line("ews_gateway_in_flight_requests", &[]).is_some(),
-        "{metrics}"
-    );
+            &["operation=\"FindItem\""],
+        ),
+        ("ews_gateway_body_bytes_total", &["direction=\"out\""]),
+        ("ews_gateway_in_flight_requests", &[]),
+    ] {
+        assert!(
+            line(name, labels).is_some(),
+            "{name} {labels:?} missing in:\n{metrics}"
+        );
+    }
     assert!(
         !metrics.contains("alice@contoso.example"),
         "no user or mailbox is ever a label:\n{metrics}"
