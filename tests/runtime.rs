@@ -368,10 +368,9 @@ async fn a_rotated_tls_certificate_serves_new_handshakes_after_reload() {
     s.sim.stop().await;
 }
 
-/// The real binary: `serve` with an audit file; SIGHUP reloads; SIGTERM lets a slow request and
-/// a streaming subscription finish cleanly, then the process exits 0.
-#[tokio::test]
-async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_file() {
+/// A simulator, a temporary directory with the demo users file, and the demo's gateway
+/// configuration for it (written out by the caller with [`config_toml`]).
+async fn binary_setup() -> (SimHandle, tempfile::TempDir, Config) {
     ews_gateway::tls::install_crypto_provider();
     let sim = sim::start(
         SimConfig::builtin().unwrap(),
@@ -384,14 +383,22 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
     std::fs::write(&users, ews_gateway::demo::demo_users_toml().unwrap()).unwrap();
     let config =
         ews_gateway::demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config_toml(&config, &format!("[audit]\nfile = \"{}\"\n[runtime]\nwatch_interval_seconds = 0\nshutdown_grace_seconds = 20\n", audit.display()))).unwrap();
+    (sim, dir, config)
+}
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
+/// The real binary serving `path`, with its log lines (standard error) on a channel.
+/// `rust_log: None` leaves RUST_LOG unset, so the configuration's level applies.
+fn spawn_binary(
+    path: &Path,
+    rust_log: Option<&str>,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"));
+    command.args(["serve", "--config"]).arg(path);
+    match rust_log {
+        Some(level) => command.env("RUST_LOG", level),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -403,6 +410,19 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+/// The real binary: `serve` with an audit file; SIGHUP reloads; SIGTERM lets a slow request and
+/// a streaming subscription finish cleanly, then the process exits 0.
+#[tokio::test]
+async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_file() {
+    let (sim, dir, config) = binary_setup().await;
+    let audit = dir.path().join("audit.jsonl");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config_toml(&config, &format!("[audit]\nfile = \"{}\"\n[runtime]\nwatch_interval_seconds = 0\nshutdown_grace_seconds = 20\n", audit.display()))).unwrap();
+
+    let (mut child, rx) = spawn_binary(&path, Some("info"));
     let mut addr = None;
     let wait_line = |pred: &dyn Fn(&str) -> bool| -> String {
         loop {
@@ -549,18 +569,7 @@ async fn the_binary_reloads_on_sighup_drains_on_sigterm_and_writes_the_audit_fil
 /// not set, which would win).
 #[tokio::test]
 async fn the_log_level_changes_on_reload() {
-    ews_gateway::tls::install_crypto_provider();
-    let sim = sim::start(
-        SimConfig::builtin().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users.toml");
-    std::fs::write(&users, ews_gateway::demo::demo_users_toml().unwrap()).unwrap();
-    let config =
-        ews_gateway::demo::gateway_config(&sim, "127.0.0.1:0".parse().unwrap(), users).unwrap();
+    let (sim, dir, config) = binary_setup().await;
     let path = dir.path().join("gateway.toml");
     let with_level = |level: &str| {
         config_toml(
@@ -569,21 +578,7 @@ async fn the_log_level_changes_on_reload() {
         )
     };
     std::fs::write(&path, with_level("info")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ews-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = spawn_binary(&path, None);
     let wait_line = |pred: &dyn Fn(&str) -> bool| -> Option<String> {
         let until = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < until {
