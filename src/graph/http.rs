@@ -27,21 +27,27 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Where Graph tokens come from (a tenant's token state for scope
 /// `https://graph.microsoft.com/.default`).
 pub trait GraphTokens: Send + Sync {
-    /// A valid token.
-    fn token(&self) -> impl Future<Output = Result<Arc<AccessToken>, GraphError>> + Send;
-    /// Graph said the token is bad: drop it.
-    fn invalidate(&self, token: &Arc<AccessToken>);
+    /// A valid bearer token.
+    fn token(&self) -> impl Future<Output = Result<Arc<str>, GraphError>> + Send;
+    /// Graph said this token is bad: drop it if it is still the current one.
+    fn invalidate(&self, bearer: &str);
 }
 
 impl GraphTokens for Arc<TenantTokens> {
-    async fn token(&self) -> Result<Arc<AccessToken>, GraphError> {
+    async fn token(&self) -> Result<Arc<str>, GraphError> {
         self.get()
             .await
+            .map(|t| Arc::from(t.bearer()))
             .map_err(|e| GraphError::Token(e.to_string()))
     }
 
-    fn invalidate(&self, token: &Arc<AccessToken>) {
-        TenantTokens::invalidate(self, token);
+    fn invalidate(&self, bearer: &str) {
+        let current: Option<Arc<AccessToken>> = self.cached();
+        if let Some(t) = current
+            && t.bearer() == bearer
+        {
+            TenantTokens::invalidate(self, &t);
+        }
     }
 }
 
@@ -209,7 +215,7 @@ impl<T: GraphTokens, S: Shaper> GraphPort for HttpGraph<T, S> {
             let mut builder = self
                 .http
                 .request(method, &url)
-                .bearer_auth(token.bearer())
+                .bearer_auth(&*token)
                 .header("client-request-id", uuid::Uuid::new_v4().to_string())
                 .timeout(deadline.saturating_duration_since(Instant::now()));
             builder = match &req.body {
