@@ -42,11 +42,8 @@ async fn server(script: Script) -> (String, Arc<Mutex<Vec<Seen>>>) {
                     let log = Arc::clone(&log);
                     let script = Arc::clone(&script);
                     async move {
-                        let header = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .map(|v| v.to_str().unwrap().to_owned())
-                        };
+                        let header =
+                            |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
                         let mut s = Seen {
                             method: req.method().to_string(),
                             uri: req.uri().to_string(),
@@ -119,7 +116,11 @@ fn port(base: &str, max_retry_wait: Duration) -> (HttpGraph<Shared, LocalShaper>
 #[tokio::test]
 async fn calls_carry_the_token_and_the_mailbox_url() {
     let (base, seen) = server(Arc::new(|_, _| {
-        (200, vec![("content-type", "application/json".into())], r#"{"id":"x"}"#.into())
+        (
+            200,
+            vec![("content-type", "application/json".into())],
+            r#"{"id":"x"}"#.into(),
+        )
     }))
     .await;
     let (graph, _) = port(&base, Duration::from_secs(5));
@@ -194,7 +195,10 @@ async fn a_401_refreshes_the_token_once() {
     .await;
     let (graph, tokens) = port(&base, Duration::from_secs(5));
     graph
-        .call("alice@contoso.example", GraphRequest::get("/mailFolders/inbox"))
+        .call(
+            "alice@contoso.example",
+            GraphRequest::get("/mailFolders/inbox"),
+        )
         .await
         .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 2);

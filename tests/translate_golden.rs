@@ -81,7 +81,9 @@ fn parse_script(text: &str) -> VecDeque<Step> {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let head = line.strip_prefix(">>> ").unwrap_or_else(|| panic!("expected >>>: {line}"));
+        let head = line
+            .strip_prefix(">>> ")
+            .unwrap_or_else(|| panic!("expected >>>: {line}"));
         let mut body = String::new();
         while let Some(l) = lines.peek() {
             if l.starts_with("<<< ") {
@@ -213,7 +215,10 @@ impl GraphPort for FakeGraph {
     ) -> Result<GraphResponse, GraphError> {
         let step = self.steps.lock().unwrap().pop_front();
         let end = chunk.start + chunk.bytes.len() as u64 - 1;
-        let got = format!("PUT {upload_url} bytes {}-{end}/{}", chunk.start, chunk.total);
+        let got = format!(
+            "PUT {upload_url} bytes {}-{end}/{}",
+            chunk.start, chunk.total
+        );
         let Some(step) = step else {
             return self.fail(format!("unexpected upload {got}"));
         };

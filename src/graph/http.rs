@@ -266,10 +266,13 @@ impl<T: GraphTokens, S: Shaper> GraphPort for HttpGraph<T, S> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            let waited = Instant::now();
             let permit = self
                 .shaper
                 .acquire(mailbox, CallKind::Upload(len), deadline)
                 .await?;
+            metrics::histogram!(super::backend::metric::QUEUE_WAIT)
+                .record(waited.elapsed().as_secs_f64());
             // Pre-authenticated URL: Graph refuses an Authorization header here.
             let r = match self
                 .http

@@ -6,6 +6,7 @@
 //! mailbox in a URL; the mailbox is always the one the gateway's policy decided. The port also
 //! owns the single place where a traffic-shaper permit is taken ([`Shaper`]).
 
+pub mod backend;
 pub mod http;
 pub mod shaper;
 

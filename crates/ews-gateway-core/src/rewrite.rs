@@ -284,6 +284,12 @@ impl ScannedHead {
         &self.info
     }
 
+    /// Everything consumed so far, exactly as the client sent it (the translation backend reads
+    /// the whole request itself rather than forwarding it).
+    pub fn original(&self) -> (Bytes, Bytes) {
+        (self.prefix.clone(), self.rest.clone())
+    }
+
     /// The bytes to send upstream in place of everything consumed so far: the consumed bytes with
     /// the client's `ExchangeImpersonation` element (if any) replaced by exactly one `target`
     /// impersonation as a child of the SOAP Header (a Header is created right after the Envelope
