@@ -150,3 +150,54 @@ pub fn response(t: &Translated) -> Response<Body> {
 
 /// Shared handle (the gateway keeps one per configuration).
 pub type SharedTranslator<P> = Arc<GraphTranslator<P>>;
+
+/// The translator behind the gateway's current backend trait: the call's decided mailbox
+/// (`act_as`) is the only mailbox its Graph URLs name.
+pub struct GraphUpstream<P> {
+    /// The translator.
+    pub translator: GraphTranslator<P>,
+    /// Largest request body read.
+    pub max_body: u64,
+}
+
+impl<P: GraphPort + 'static> crate::upstream::Upstream for GraphUpstream<P> {
+    async fn call(
+        &self,
+        call: crate::upstream::EwsCall,
+    ) -> Result<crate::upstream::UpstreamResponse, crate::error::GatewayError> {
+        let (prefix, consumed) = call.head.original();
+        let mut head = bytes::BytesMut::with_capacity(prefix.len() + consumed.len());
+        head.extend_from_slice(&prefix);
+        head.extend_from_slice(&consumed);
+        let mailbox = call.act_as.value.to_ascii_lowercase();
+        let (response, translated) = self
+            .translator
+            .handle(
+                &call.principal,
+                &mailbox,
+                head.freeze(),
+                call.rest,
+                self.max_body,
+            )
+            .await;
+        tracing::debug!(
+            operation = %translated.operation,
+            graph_calls = translated.graph_calls,
+            graph_throttled = translated.throttled,
+            untranslated = translated.untranslated.as_deref().unwrap_or(""),
+            "translated to Microsoft Graph"
+        );
+        Ok(crate::upstream::UpstreamResponse {
+            response,
+            upstream_request_id: None,
+        })
+    }
+
+    async fn document(
+        &self,
+        _call: crate::upstream::DocumentCall,
+    ) -> Result<crate::upstream::UpstreamResponse, crate::error::GatewayError> {
+        // Graph has no WSDL; the EWS service description is not served on this backend.
+        Err(crate::error::GatewayError::NotFound)
+    }
+}
