@@ -314,3 +314,167 @@ pub fn build(
         by_tenant,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Tenant;
+
+    fn config(extra: &str, users: &std::path::Path) -> Config {
+        let text = format!(
+            r#"
+[listen]
+address = "127.0.0.1:8080"
+[auth]
+users_file = "{}"
+[upstream]
+ews_url = "https://outlook.office365.com/EWS/Exchange.asmx"
+[[tenant]]
+tenant_id = "contoso-tenant"
+domains = ["contoso.example", "onprem.contoso.example"]
+client_id = "c"
+client_secret = "x"
+[[tenant]]
+tenant_id = "fabrikam-tenant"
+domains = ["fabrikam.example"]
+client_id = "c"
+client_secret = "x"
+backend = {{ kind = "exchange-server", ews_url = "https://mail.fabrikam.example/EWS/Exchange.asmx" }}
+{extra}
+"#,
+            users.display()
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        config.validate().unwrap();
+        config
+    }
+
+    fn tokens(config: &Config) -> Arc<TokenSource> {
+        let http = reqwest::Client::new();
+        Arc::new(TokenSource::new(
+            config
+                .tenants
+                .iter()
+                .map(|t| {
+                    (
+                        t.domains.clone(),
+                        Arc::new(Tenant::new(t, Vec::new(), http.clone())),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    fn chosen(backends: &Backends, mailbox: &str) -> Option<(&'static str, String)> {
+        backends
+            .choose(mailbox)
+            .map(|c| (c.backend.name(), c.tenant.tenant_id.clone()))
+    }
+
+    #[test]
+    fn routes_win_over_the_tenant_backend_and_default_to_the_domain_tenant() {
+        crate::tls::install_crypto_provider();
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let config = config(
+            r#"
+[[route]]
+mailboxes = ["*@onprem.contoso.example", "Legacy@contoso.example"]
+backend = { kind = "exchange-server", ews_url = "https://mail.contoso.example/EWS/Exchange.asmx" }
+[[route]]
+mailboxes = ["guest@elsewhere.example"]
+backend = { kind = "exchange-online" }
+tenant = "fabrikam-tenant"
+"#,
+            users.path(),
+        );
+        let backends = build(&config, tokens(&config), None).unwrap();
+        let online = |t: &str| Some(("exchange-online", t.to_owned()));
+        let server = |t: &str| Some(("exchange-server", t.to_owned()));
+        assert_eq!(
+            chosen(&backends, "alice@contoso.example"),
+            online("contoso-tenant")
+        );
+        assert_eq!(
+            chosen(&backends, "bob@onprem.contoso.example"),
+            server("contoso-tenant")
+        );
+        assert_eq!(
+            chosen(&backends, "legacy@contoso.example"),
+            server("contoso-tenant")
+        );
+        assert_eq!(
+            chosen(&backends, "x@fabrikam.example"),
+            server("fabrikam-tenant")
+        );
+        assert_eq!(
+            chosen(&backends, "guest@elsewhere.example"),
+            online("fabrikam-tenant")
+        );
+        assert_eq!(chosen(&backends, "nobody@elsewhere.example"), None);
+    }
+
+    #[test]
+    fn an_on_premises_backend_asks_for_its_own_resource() {
+        crate::tls::install_crypto_provider();
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let config = config("", users.path());
+        let tokens = tokens(&config);
+        let backends = build(&config, Arc::clone(&tokens), None).unwrap();
+        let fabrikam = backends.choose("x@fabrikam.example").unwrap();
+        assert_eq!(
+            fabrikam.tenant.ews_scope,
+            "https://outlook.office365.com/.default"
+        );
+        assert_eq!(
+            fabrikam.tenant.graph_scope,
+            "https://graph.microsoft.com/.default"
+        );
+        // Nothing asked for a token yet: no state exists; a resource gets one on first use.
+        assert!(fabrikam.tenant.token_states().is_empty());
+        let a = fabrikam
+            .tenant
+            .tokens("https://mail.fabrikam.example/.default");
+        let b = fabrikam
+            .tenant
+            .tokens("https://mail.fabrikam.example/.default");
+        assert!(Arc::ptr_eq(&a, &b), "one state per (tenant, resource)");
+        assert_eq!(a.scope, "https://mail.fabrikam.example/.default");
+        assert!(!Arc::ptr_eq(&a, &fabrikam.tenant.ews_tokens()));
+        assert_eq!(fabrikam.tenant.token_states().len(), 2);
+    }
+
+    #[test]
+    fn route_mistakes_are_reported_together() {
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            r#"
+[listen]
+address = "127.0.0.1:8080"
+[auth]
+users_file = "{}"
+[upstream]
+ews_url = "https://outlook.office365.com/EWS/Exchange.asmx"
+[[tenant]]
+tenant_id = "t"
+client_id = "c"
+client_secret = "x"
+backend = {{ kind = "exchange-server", ews_url = "mail.contoso.example" }}
+[[route]]
+mailboxes = ["*"]
+backend = {{ kind = "exchange-online" }}
+tenant = "nope"
+"#,
+            users.path().display()
+        );
+        let err = Config::parse(&text, "t").unwrap().validate().unwrap_err();
+        let all = err.to_string();
+        assert!(all.contains("tenant[0] (t).backend.ews_url"), "{all}");
+        assert!(all.contains("route[0].mailboxes"), "{all}");
+        assert!(all.contains("route[0].tenant: \"nope\""), "{all}");
+        let unknown = text.replace("exchange-online", "exchange-2003");
+        assert!(
+            Config::parse(&unknown, "t").is_err(),
+            "unknown kinds are refused"
+        );
+    }
+}
