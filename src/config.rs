@@ -344,6 +344,12 @@ pub struct LimitsConfig {
     /// never counts while a response, such as a streaming notification, is being sent.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// Seconds a request body has to arrive in full once its head is in. A client that
+    /// trickles its body is answered `ErrorTimeoutExpired` and disconnected, and whatever was
+    /// already streamed upstream is aborted. The default lets a full-size (210 MiB) body
+    /// arrive at about 2 Mbit/s.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_seconds: u64,
     /// Largest request head in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -372,6 +378,7 @@ impl Default for LimitsConfig {
             max_envelope_head_bytes: default_max_prefix(),
             header_read_timeout_seconds: default_header_timeout(),
             idle_timeout_seconds: default_idle_timeout(),
+            body_read_timeout_seconds: default_body_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_requests_per_mailbox: default_per_mailbox(),
             requests_per_second_per_principal: default_principal_rate(),
@@ -418,6 +425,9 @@ fn default_max_prefix() -> usize {
 }
 fn default_header_timeout() -> u64 {
     30
+}
+fn default_body_read_timeout() -> u64 {
+    900
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
@@ -690,6 +700,7 @@ impl Config {
         for (key, value) in [
             ("header_read_timeout_seconds", l.header_read_timeout_seconds),
             ("idle_timeout_seconds", l.idle_timeout_seconds),
+            ("body_read_timeout_seconds", l.body_read_timeout_seconds),
             ("max_header_count", l.max_header_count as u64),
             ("max_connections", l.max_connections as u64),
         ] {

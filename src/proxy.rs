@@ -21,7 +21,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::{CredentialStore, Principal, parse_basic};
 use crate::autodiscover::{self, Flavor};
 use crate::error::GatewayError;
-use crate::http_util::{self, Body, ConnInfo};
+use crate::http_util::{self, Body, ConnInfo, DeadlineBody};
 use crate::limits::{MailboxSlot, MailboxSlots, PrincipalRate};
 use crate::lockout::Lockout;
 use crate::policy;
@@ -55,6 +55,8 @@ pub struct Gateway<U> {
     pub max_body_bytes: u64,
     /// Largest envelope head.
     pub max_envelope_head_bytes: usize,
+    /// Time a request body has to arrive in full, counted from its head.
+    pub body_read_timeout: Duration,
     /// Concurrent requests per acted-as mailbox.
     pub mailbox_slots: Arc<MailboxSlots>,
     /// Request rate per principal.
@@ -384,6 +386,7 @@ async fn ews_post<U: Upstream>(
         )
     })?;
     let (parts, body) = req.into_parts();
+    let body = DeadlineBody::new(body, gw.body_read_timeout);
     let client_content_length = body.size_hint().exact();
     if let Some(len) = client_content_length
         && len > gw.max_body_bytes
@@ -473,7 +476,7 @@ fn counted(body: Body, counter: Arc<AtomicU64>) -> Body {
 /// Reads the body until the envelope head is complete; returns the head, the unread rest (None
 /// when the body ended) and how many bytes were consumed.
 async fn scan_head(
-    mut body: Incoming,
+    mut body: DeadlineBody<Incoming>,
     max_head: usize,
     max_body: u64,
 ) -> Result<(ScannedHead, Option<Body>, u64), GatewayError> {
@@ -495,15 +498,17 @@ async fn scan_head(
                     let rest = if body.is_end_stream() {
                         None
                     } else {
-                        Some(
-                            body.map_err(|e| -> http_util::BoxError { Box::new(e) })
-                                .boxed_unsync(),
-                        )
+                        Some(body.boxed_unsync())
                     };
                     return Ok((head, rest, consumed));
                 }
             }
             Some(Err(err)) => {
+                if let Some(timeout) = http_util::body_read_timeout(&*err) {
+                    return Err(GatewayError::BodyTimeout {
+                        seconds: timeout.seconds,
+                    });
+                }
                 return Err(GatewayError::Refused {
                     code: "ErrorInvalidRequest",
                     message: format!("The request body could not be read: {err}."),
@@ -627,7 +632,10 @@ async fn autodiscover_request<U: Upstream>(
         }
     };
     audit.principal = Some(principal.name.clone());
-    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let limited = http_body_util::Limited::new(
+        DeadlineBody::new(req.into_body(), gw.body_read_timeout),
+        64 * 1024,
+    );
     let body = limited
         .collect()
         .await

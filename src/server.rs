@@ -270,6 +270,7 @@ fn build_gateway_after(
         upstream,
         max_body_bytes: limits.max_body_bytes,
         max_envelope_head_bytes: limits.max_envelope_head_bytes,
+        body_read_timeout: Duration::from_secs(limits.body_read_timeout_seconds),
         mailbox_slots,
         principal_rate,
         audit,
