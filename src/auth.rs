@@ -501,7 +501,7 @@ impl CredentialStore {
             return Err(UsersError(problems));
         }
         let dummy_password: [u8; 16] = rand::random();
-        let dummy = hash_password(&crate::sim::hex(&dummy_password))
+        let dummy = hash_password(&hex::encode(dummy_password))
             .map_err(|e| UsersError(vec![e.to_string()]))?;
         Ok(Self {
             users,

@@ -308,6 +308,7 @@ fn credential_files(config: &Config) -> Vec<&Path> {
             out.extend(c.certificate_file.as_deref());
             out.extend(c.key_file.as_deref());
             out.extend(c.pkcs12_file.as_deref());
+            out.extend(c.pkcs12_password_file.as_deref());
             out.extend(c.secret_file.as_deref());
         }
     }
