@@ -8,9 +8,9 @@ use super::common::{
     M, OpError, OpResult, T, error, message, ok, parse_bool, required, response, schema_fault,
     warning,
 };
-use crate::sim::directory::Mailbox as DirMailbox;
-use crate::sim::xml::Element;
-use crate::soap::escape;
+use crate::directory::Mailbox as DirMailbox;
+use crate::xml::Element;
+use ews_gateway_core::soap::escape;
 
 const FORMATS: &[&str] = &[
     "EwsLegacyId",
