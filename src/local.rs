@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use crate::audit::RequestAudit;
 use crate::autodiscover::{self, Flavor};
 use crate::error::GatewayError;
-use crate::http_util::{self, Body, ConnInfo};
+use crate::http_util::{self, Body, ConnInfo, DeadlineBody};
 use crate::proxy::{ClientBody, Gateway, authenticate_or_challenge, authenticate_request};
 
 /// Largest Autodiscover request body read.
@@ -66,7 +66,10 @@ pub(crate) async fn autodiscover<B: ClientBody>(
         Ok(authenticated) => authenticated,
         Err(challenge) => return Ok(challenge),
     };
-    let limited = http_body_util::Limited::new(req.into_body(), AUTODISCOVER_LIMIT);
+    let limited = http_body_util::Limited::new(
+        DeadlineBody::new(req.into_body(), gw.body_read_timeout),
+        AUTODISCOVER_LIMIT,
+    );
     let body = limited
         .collect()
         .await

@@ -25,7 +25,7 @@ use crate::backend::{
     AuthorisedCall, Backends, Chosen, DocumentRequest, RequestBody, forwardable_request_headers,
 };
 use crate::error::GatewayError;
-use crate::http_util::{Body, BoxError, ConnInfo};
+use crate::http_util::{self, Body, BoxError, ConnInfo, DeadlineBody};
 use crate::limits::{MailboxSlots, PrincipalRate};
 use crate::lockout::Lockout;
 use crate::policy;
@@ -69,6 +69,8 @@ pub struct Gateway {
     pub max_body_bytes: u64,
     /// Largest envelope head.
     pub max_envelope_head_bytes: usize,
+    /// Time a request body has to arrive in full, counted from its head.
+    pub body_read_timeout: Duration,
     /// Concurrent requests per acted-as mailbox.
     pub mailbox_slots: Arc<MailboxSlots>,
     /// Request rate per principal.
@@ -223,6 +225,7 @@ async fn ews_call<B: ClientBody>(
     };
     throttle(gw, &principal)?;
     let (parts, body) = req.into_parts();
+    let body = DeadlineBody::new(body, gw.body_read_timeout);
     let body = scan(gw, body, audit).await?;
     let decided = authorise(&principal, body.info())?;
     audit.mailbox = Some(decided.mailbox.value.clone());
@@ -521,6 +524,11 @@ async fn scan_head<B: ClientBody>(
             }
             Some(Err(err)) => {
                 let err: BoxError = err.into();
+                if let Some(timeout) = http_util::body_read_timeout(&*err) {
+                    return Err(GatewayError::BodyTimeout {
+                        seconds: timeout.seconds,
+                    });
+                }
                 return Err(GatewayError::Refused {
                     code: "ErrorInvalidRequest",
                     message: format!("The request body could not be read: {err}."),
@@ -732,6 +740,7 @@ operations = ["CreateItem"]
             max_body_bytes: max_body,
             max_envelope_head_bytes: 64 * 1024,
             mailbox_slots: Arc::new(MailboxSlots::new(8)),
+            body_read_timeout: Duration::from_secs(900),
             principal_rate: Arc::new(rate),
             audit: Arc::new(AuditLog::open(&AuditConfig::default()).unwrap()),
             draining: CancellationToken::new(),

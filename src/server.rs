@@ -263,6 +263,7 @@ fn build_gateway_after(
         backends,
         max_body_bytes: limits.max_body_bytes,
         max_envelope_head_bytes: limits.max_envelope_head_bytes,
+        body_read_timeout: Duration::from_secs(limits.body_read_timeout_seconds),
         mailbox_slots,
         principal_rate,
         audit,
@@ -300,6 +301,7 @@ fn credential_files(config: &Config) -> Vec<&Path> {
             out.extend(c.certificate_file.as_deref());
             out.extend(c.key_file.as_deref());
             out.extend(c.pkcs12_file.as_deref());
+            out.extend(c.pkcs12_password_file.as_deref());
             out.extend(c.secret_file.as_deref());
         }
     }

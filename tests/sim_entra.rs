@@ -705,7 +705,7 @@ async fn assertion_with_unknown_thumbprint_is_700027_key_not_found() {
     );
     let a = post_assertion(&h.token_url(TENANT_ID), &jwt).await;
     let d = assert_aadsts(&a, StatusCode::UNAUTHORIZED, "invalid_client", 700_027);
-    let thumb = ews_gateway::sim::hex(&Sha1::digest(&unregistered.der)).to_ascii_uppercase();
+    let thumb = hex::encode_upper(Sha1::digest(&unregistered.der));
     assert!(d.contains("[Reason - The key was not found."), "{d}");
     assert!(d.contains(&thumb), "{d}");
 }

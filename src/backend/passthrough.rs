@@ -213,6 +213,12 @@ impl PassthroughClient {
             Ok(Err(err)) if body_too_large(&err).is_some() => Err(GatewayError::PayloadTooLarge {
                 limit: body_too_large(&err).unwrap_or_default(),
             }),
+            // The client stopped sending its body in time; the upstream request was aborted.
+            Ok(Err(err)) if crate::http_util::body_read_timeout(&err).is_some() => {
+                Err(GatewayError::BodyTimeout {
+                    seconds: crate::http_util::body_read_timeout(&err).map_or(0, |t| t.seconds),
+                })
+            }
             Ok(Err(err)) => Err(GatewayError::Unavailable {
                 side: Side::Exchange,
                 message: format!(

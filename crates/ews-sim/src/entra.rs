@@ -21,7 +21,7 @@ use time::macros::format_description;
 
 use super::directory::{App, Tenant};
 use super::tokens::{ClientAuth, TokenClaims};
-use super::{SimRequest, SimState, hex, respond};
+use super::{SimRequest, SimState, respond};
 use ews_http::http_util::Body;
 
 /// Which token API a request used.
@@ -658,7 +658,7 @@ fn verify_assertion(
             ));
         }
     };
-    let thumb_hex = hex(&thumbprint).to_ascii_uppercase();
+    let thumb_hex = hex::encode_upper(&thumbprint);
     let certs = registered_certs(app);
     let Some(cert) = certs.iter().find(|c| {
         let registered = if by_sha256 { &c.sha256 } else { &c.sha1 };

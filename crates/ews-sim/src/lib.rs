@@ -421,7 +421,7 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>, conn: ConnInfo) -> 
             headers,
             body: body.slice(..log_cut),
             body_len: body.len(),
-            body_sha256: hex(&Sha256::digest(&body)),
+            body_sha256: hex::encode(Sha256::digest(&body)),
         });
     }
 
@@ -531,14 +531,4 @@ fn admin_faults(state: &SimState, req: &SimRequest) -> Response<Body> {
         },
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET or PUT"),
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }

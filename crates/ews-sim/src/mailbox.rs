@@ -686,7 +686,7 @@ fn seed_message(tenant: &super::directory::Tenant, seed: &MessageSeed) -> Messag
         .rsplit_once('@')
         .map(|(_, d)| d)
         .unwrap_or("sim.example");
-    msg.internet_message_id = format!("<{}@{domain}>", super::hex(&digest[..12]));
+    msg.internet_message_id = format!("<{}@{domain}>", hex::encode(&digest[..12]));
     msg.attachments = seed
         .attachments
         .iter()
