@@ -134,6 +134,10 @@ struct SimArgs {
     /// '{"ews_server_busy_backoff_ms":5000}'.
     #[arg(long)]
     faults: Option<String>,
+    /// EWS is retired (Exchange Online after 2027-04-01): every EWS request gets HTTP 403;
+    /// Graph (`/v1.0/...`) keeps working.
+    #[arg(long)]
+    ews_retired: bool,
 }
 
 /// Log output format.
@@ -401,6 +405,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
     config.token_lifetime = Duration::from_secs(args.token_lifetime);
     config.strict_anchor = !args.lenient_anchor;
     config.streaming_heartbeat = Duration::from_secs(args.heartbeat.max(1));
+    config.ews_retired = args.ews_retired;
     if let Some(faults) = &args.faults {
         config.faults = serde_json::from_str(faults).context("--faults is not valid fault JSON")?;
     }

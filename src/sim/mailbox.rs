@@ -776,6 +776,13 @@ impl Data {
         self.seq
     }
 
+    /// The mailbox whose Exchange GUID is `guid` (ids carry it).
+    pub fn mailbox_by_guid(&self, guid: &str) -> Option<&MailboxData> {
+        self.mailboxes
+            .values()
+            .find(|m| mailbox_guid(&m.smtp) == guid)
+    }
+
     /// A mailbox's contents, if it exists.
     pub fn mailbox_ref(&self, smtp: &str) -> Option<&MailboxData> {
         self.mailboxes.get(&smtp.to_ascii_lowercase())

@@ -269,8 +269,7 @@ pub(super) fn folder_target(ctx: &OpContext, el: &Element) -> Result<FolderTarge
             if decoded.kind != IdKind::Folder {
                 return Err(OpError::malformed());
             }
-            let mbx =
-                mailbox_by_guid(ctx, &decoded.guid).ok_or_else(OpError::folder_not_found)?;
+            let mbx = mailbox_by_guid(ctx, &decoded.guid).ok_or_else(OpError::folder_not_found)?;
             if !mbx.grants_access_to(&ctx.acting.smtp) {
                 return Err(OpError::access_denied());
             }
