@@ -439,6 +439,9 @@ fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
         "base_url": handle.base_url(),
         "token_url": handle.token_url(&tenant_id),
         "ews_url": handle.ews_url(),
+        "graph_url": handle.graph_url(),
+        "graph_scope": "https://graph.microsoft.com/.default",
+        "ews_retired": handle.state.config.ews_retired,
         "tenant_id": tenant_id,
         "client_id": client_id,
         "client_secret": client_secret,
@@ -461,6 +464,10 @@ fn print_sim_human(
     println!();
     println!("  token endpoint  {}", s("token_url"));
     println!("  EWS endpoint    {}", s("ews_url"));
+    println!(
+        "  Graph base URL  {}   (requests go to .../v1.0/users/{{mailbox}}/...)",
+        s("graph_url")
+    );
     println!("  tenant id       {}", s("tenant_id"));
     println!("  client id       {}", s("client_id"));
     println!(
