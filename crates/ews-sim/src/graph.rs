@@ -35,7 +35,7 @@ use super::mailbox::{
 };
 use super::tokens::{GRAPH_AUDIENCES, now_unix};
 use super::{SimRequest, SimState, respond};
-use crate::http_util::Body;
+use ews_http::http_util::Body;
 
 /// Path prefix of pre-authenticated upload-session URLs (served on the same listener; the
 /// session id and an opaque `authtoken` query parameter name the session, as Outlook's
@@ -377,7 +377,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(crate::http_util::empty());
+    let mut resp = Response::new(ews_http::http_util::empty());
     *resp.status_mut() = status;
     resp
 }
