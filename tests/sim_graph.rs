@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 const GATEWAY_APP: &str = "11111111-2222-4333-8444-555555555555";
 const GATEWAY_SECRET: &str = "sim-secret-gateway-app-0001";
-const SEND_ONLY_APP: &str = "99999999-2222-4333-8444-555555555555";
+const SEND_ONLY_APP: &str = "12121212-2222-4333-8444-555555555555";
 const SEND_ONLY_SECRET: &str = "sim-secret-graph-send-only-0009";
 const ALICE: &str = "alice@contoso.example";
 const BOB: &str = "bob@contoso.example";
