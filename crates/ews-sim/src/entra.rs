@@ -40,6 +40,12 @@ pub const EXCHANGE_RESOURCES: [&str; 3] = [
     "https://outlook.office.com",
 ];
 
+/// Microsoft Graph resource identifiers Entra knows.
+pub const GRAPH_RESOURCES: [&str; 2] = [
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.com/",
+];
+
 /// `client_assertion_type` for certificate credentials.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -263,7 +269,8 @@ fn issue(
             ClientAuth::Secret
         };
 
-    if !EXCHANGE_RESOURCES.contains(&resource.as_str()) {
+    let graph = GRAPH_RESOURCES.contains(&resource.as_str());
+    if !graph && !EXCHANGE_RESOURCES.contains(&resource.as_str()) {
         return Err(Failure::new(
             "invalid_resource",
             500_011,
@@ -280,7 +287,11 @@ fn issue(
         TokenApi::V1 => resource.clone(),
     };
     let lifetime = state.tokens.lifetime();
-    let claims = TokenClaims::app_only(&tenant.id, app, &aud, auth, now, lifetime);
+    let mut claims = TokenClaims::app_only(&tenant.id, app, &aud, auth, now, lifetime);
+    if graph {
+        // Each resource has its own consented roles.
+        claims.roles = app.graph_roles.clone();
+    }
     let token = state.tokens.issue(&claims).map_err(|e| {
         Failure::new(
             "temporarily_unavailable",
