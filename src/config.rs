@@ -59,6 +59,18 @@ pub struct Config {
     /// Logging, and reloading without a restart.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The Microsoft Graph backend.
+    #[serde(default)]
+    pub graph: GraphConfig,
+}
+
+/// `[graph]`: settings of the Microsoft Graph backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// `[graph.shaping]`: per-mailbox shaping of Graph traffic to Graph's limits.
+    #[serde(default)]
+    pub shaping: crate::graph_shaping::ShapingPolicy,
 }
 
 /// `[admin]`: a separate plain-HTTP listener for probes and Prometheus. It exposes no user
@@ -683,6 +695,7 @@ impl Config {
             }
         }
         problems.extend(self.auth.lockout.problems());
+        problems.extend(self.graph.shaping.problems());
         if self.limits.max_envelope_head_bytes < 1024 {
             problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
         }

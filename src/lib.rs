@@ -14,6 +14,7 @@ pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod graph_shaping;
 pub mod http_util;
 pub mod limits;
 pub mod lockout;
