@@ -1084,7 +1084,7 @@ fn resolve_reference(reference: &BytesRef<'_>) -> Result<char, RewriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::xml::{self, Element};
+    use crate::xml::{self, Element};
     use proptest::prelude::*;
 
     /// Expands `{S}` (SOAP 1.1), `{S12}`, `{M}` (messages), `{T}` (types) in a test document.
