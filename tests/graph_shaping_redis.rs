@@ -198,8 +198,19 @@ async fn two_replicas_never_exceed_four_in_flight_for_one_mailbox() {
 async fn a_crashed_replicas_lease_runs_out_and_the_mailbox_is_not_wedged() {
     let redis = RedisServer::start();
     let b = Shaper::new(policy("t2:"), Some(redis.client()));
-    // Replica A takes all 4 permits and then "crashes": its runtime stops, so its leases are
-    // neither renewed nor released.
+    // B holds one permit throughout (its renewals keep the Redis key alive, so only the expiry
+    // of each lease can free A's).
+    let b_held = b
+        .acquire(
+            APP,
+            "carol@x",
+            Kind::Call,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    // Replica A takes the other 3 permits and then "crashes": its runtime stops, so its leases
+    // are neither renewed nor released.
     let url = redis.url();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -210,7 +221,7 @@ async fn a_crashed_replicas_lease_runs_out_and_the_mailbox_is_not_wedged() {
             let a = Shaper::new(policy("t2:"), Some(redis::Client::open(url).unwrap()));
             let far = Instant::now() + Duration::from_secs(25);
             let mut held = Vec::new();
-            for _ in 0..4 {
+            for _ in 0..3 {
                 held.push(a.acquire(APP, "carol@x", Kind::Call, far).await.unwrap());
             }
             // Dropping the runtime with the permits still held is the crash.
@@ -246,6 +257,7 @@ async fn a_crashed_replicas_lease_runs_out_and_the_mailbox_is_not_wedged() {
         "waited about the 1.5 s lease: {waited:?}"
     );
     assert!(p.is_shared());
+    drop(b_held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
