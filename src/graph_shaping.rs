@@ -894,6 +894,15 @@ impl std::fmt::Debug for Shaper {
 }
 
 impl Shaper {
+    /// The shaper of a configuration: `[graph.shaping]`, shared through the Redis of
+    /// `[auth.lockout]` when one is set (read from its file or variable now).
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Self, crate::lockout::LockoutSetupError> {
+        let redis = config.auth.lockout.redis_client()?;
+        Ok(Self::new(config.graph.shaping.clone(), redis))
+    }
+
     /// Shaping in this process only.
     pub fn local(policy: ShapingPolicy) -> Self {
         Self::build(policy, None)
@@ -1058,6 +1067,22 @@ impl Shaper {
         self.inner.local.pause(&key, Instant::now() + length);
         if let Some(shared) = &self.inner.shared {
             shared.pause(&key, length).await;
+        }
+    }
+
+    /// [`Shaper::throttled`] for callers that cannot wait: the pause applies in this process at
+    /// once and reaches Redis (the other replicas) in the background.
+    pub fn throttled_in_background(&self, app: &str, mailbox: &str, retry_after: Duration) {
+        let key = self.key(app, mailbox);
+        let length = retry_after.min(MAX_PAUSE);
+        self.inner.local.pause(&key, Instant::now() + length);
+        let shaper = self.clone();
+        let (app, mailbox) = (app.to_owned(), mailbox.to_owned());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { shaper.throttled(&app, &mailbox, length).await });
+            }
+            Err(_) => metrics::counter!(GRAPH_THROTTLED).increment(1),
         }
     }
 }
@@ -1374,6 +1399,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(busy.back_off, secs(30));
+        // The form for callers that cannot wait pauses at once too.
+        s.throttled_in_background(APP, "d@x", secs(40));
+        let busy = s.acquire(APP, "d@x", Kind::Call, t).await.unwrap_err();
+        assert_eq!((busy.reason, busy.back_off), (BusyReason::Paused, secs(40)));
     }
 
     #[tokio::test(start_paused = true)]

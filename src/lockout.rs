@@ -162,6 +162,14 @@ impl LockoutPolicy {
         }
         Ok(self.redis_url.as_ref().map(|u| u.0.clone()))
     }
+
+    /// A client of the configured Redis (URL read from its file or variable now); `None`
+    /// without Redis. Other shared state (the Graph shaper) uses the same Redis.
+    pub fn redis_client(&self) -> Result<Option<redis::Client>, LockoutSetupError> {
+        self.resolve_redis_url()?
+            .map(|url| open_client(&url))
+            .transpose()
+    }
 }
 
 /// Parses a Redis URL into a client; errors never quote the URL.
