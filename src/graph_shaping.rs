@@ -241,7 +241,9 @@ impl From<Busy> for GatewayError {
 const MIN_BACK_OFF: Duration = Duration::from_secs(1);
 /// A call's expected hold time before any was measured.
 const DEFAULT_HOLD: Duration = Duration::from_millis(500);
-/// Longest hold time a measurement counts as (a long download says little about the queue).
+/// Shortest and longest hold time a measurement counts as (a long download says little about
+/// the queue; a floor keeps waiters from polling in a tight loop).
+const MIN_HOLD_SAMPLE: Duration = Duration::from_millis(10);
 const MAX_HOLD_SAMPLE: Duration = Duration::from_secs(30);
 /// Longest pause a Graph `Retry-After` can impose.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -407,7 +409,7 @@ impl Local {
     }
 
     fn record_hold(&self, key: &Key, held: Duration) {
-        let sample = held.min(MAX_HOLD_SAMPLE);
+        let sample = held.clamp(MIN_HOLD_SAMPLE, MAX_HOLD_SAMPLE);
         self.with_entry(key, |e| e.avg_hold = (e.avg_hold * 4 + sample) / 5);
     }
 
@@ -1045,7 +1047,8 @@ impl Shaper {
                 nap
             } else {
                 wait
-            };
+            }
+            .max(Duration::from_millis(1));
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(nap) => {}
