@@ -324,6 +324,18 @@ impl ScannedHead {
         out.extend_from_slice(&self.rest);
         out.freeze()
     }
+
+    /// Everything consumed so far, exactly as the client sent it (for a backend that reads the
+    /// whole request instead of forwarding it).
+    pub fn into_original(self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.prefix;
+        }
+        let mut out = BytesMut::with_capacity(self.prefix.len() + self.rest.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(&self.rest);
+        out.freeze()
+    }
 }
 
 #[derive(Debug)]
