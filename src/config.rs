@@ -62,6 +62,18 @@ pub struct Config {
     /// Logging, and reloading without a restart.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The Microsoft Graph backend.
+    #[serde(default)]
+    pub graph: GraphConfig,
+}
+
+/// `[graph]`: settings of the Microsoft Graph backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// `[graph.shaping]`: per-mailbox shaping of Graph traffic to Graph's limits.
+    #[serde(default)]
+    pub shaping: crate::graph_shaping::ShapingPolicy,
 }
 
 /// `[admin]`: a separate plain-HTTP listener for probes and Prometheus. It exposes no user
@@ -650,6 +662,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.graph.shaping.problems());
         if problems.is_empty() {
             Ok(())
         } else {

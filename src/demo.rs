@@ -194,6 +194,7 @@ pub fn gateway_config(
         audit: Default::default(),
         admin: Default::default(),
         runtime: Default::default(),
+        graph: Default::default(),
     })
 }
 

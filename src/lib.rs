@@ -17,6 +17,7 @@ pub mod credential;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod error;
+pub mod graph_shaping;
 pub mod local;
 pub mod lockout;
 pub mod proxy;

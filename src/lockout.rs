@@ -160,6 +160,15 @@ impl LockoutPolicy {
             .map(Some)
             .map_err(|source| LockoutSetupError::Secret { key, source })
     }
+
+    /// A client of the configured Redis (URL read from its file or variable now); `None`
+    /// without Redis. Other shared state (the Graph shaper) uses the same Redis.
+    pub fn redis_client(&self) -> Result<Option<redis::Client>, LockoutSetupError> {
+        let source = self.redis_source().map_err(LockoutSetupError::Url)?;
+        Self::resolve_redis_url(source.as_ref())?
+            .map(|url| open_client(url.expose()))
+            .transpose()
+    }
 }
 
 /// Parses a Redis URL into a client; errors never quote the URL.
