@@ -29,3 +29,4 @@ pub mod tls;
 pub mod token;
 pub mod tracked;
 pub mod upstream;
+pub mod wellformed;

@@ -542,6 +542,48 @@ fn markup_cases() -> Vec<Case> {
     ]
 }
 
+/// Issue 12: every XML 1.0 well-formedness rule the head scan reads is enforced, so a strict
+/// parser (Exchange's) never reads the head differently from the gateway.
+fn wellformedness_cases() -> Vec<Case> {
+    let rsv = version_header();
+    let wf = |name, header: String| {
+        c(
+            name,
+            as_alice(doc("", &header)),
+            Expect::Fault(INV, "well-formed"),
+        )
+    };
+    vec![
+        wf("control_character_in_header_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">a\u{1}b</x:T>")),
+        wf("control_character_in_address", imp("SmtpAddress", "alice@contoso.example\u{8}")),
+        wf("character_reference_to_a_control", format!("{rsv}<x:T xmlns:x=\"urn:x\">&#1;</x:T>")),
+        wf("u_fffe_in_header_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">\u{FFFE}</x:T>")),
+        wf("u_ffff_reference_in_attribute", format!("{rsv}<x:T xmlns:x=\"urn:x\" a=\"&#xFFFF;\"/>")),
+        wf("lt_in_attribute_value", "<t:RequestServerVersion Version=\"Exchange2016\" x=\"a<b\"/>".to_owned()),
+        wf("cdata_end_in_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">a]]>b</x:T>")),
+        wf(
+            "duplicate_expanded_attribute_names",
+            "<t:RequestServerVersion xmlns:a=\"urn:x\" xmlns:b=\"urn:x\" a:v=\"1\" b:v=\"2\" Version=\"Exchange2016\"/>".to_owned(),
+        ),
+        wf("empty_prefixed_namespace_declaration", format!("{rsv}<x:T xmlns:x=\"urn:x\"><x:U xmlns:x=\"\"/></x:T>")),
+        wf("xml_prefix_rebound", format!("{rsv}<x:T xmlns:x=\"urn:x\" xmlns:xml=\"urn:y\"/>")),
+        wf("upper_case_xml_pi", format!("<?XML version=\"1.0\"?>{rsv}")),
+        wf("character_reference_inside_an_element_name", format!("{rsv}<x&#x3A;T xmlns:x=\"urn:x\"/>")),
+        wf("attributes_without_whitespace", "<t:RequestServerVersion Version=\"Exchange2016\"x=\"1\"/>".to_owned()),
+        wf("qname_with_two_colons", format!("{rsv}<x:y:T xmlns:x=\"urn:x\"/>")),
+        c(
+            "declaration_with_encoding_before_version",
+            as_alice(doc("<?xml encoding=\"utf-8\" version=\"1.0\"?>", &rsv)),
+            Expect::Fault(INV, "XML declaration"),
+        ),
+        c(
+            "control_character_in_a_comment_before_the_envelope",
+            as_alice(doc("<!-- \u{1b}[2J -->", &rsv)),
+            Expect::Fault(INV, "U+001B"),
+        ),
+    ]
+}
+
 fn encoding_cases() -> Vec<Case> {
     let plain = with_header(version_header());
     let undeclared = plain.replacen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n", "", 1);
@@ -747,6 +789,7 @@ async fn adversarial_envelopes() {
     cases.extend(placement_cases());
     cases.extend(markup_cases());
     cases.extend(encoding_cases());
+    cases.extend(wellformedness_cases());
     cases.extend(size_cases());
     cases.extend(privileged_cases());
     assert!(cases.len() >= 80, "{} cases", cases.len());
