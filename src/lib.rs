@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod autodiscover;
+pub mod canonical;
 pub mod check;
 pub mod config;
 pub mod credential;

@@ -400,6 +400,7 @@ async fn ews_post<U: Upstream>(
 
     // Phase 2: authorise, before any byte goes upstream.
     let act_as = authorise(&principal, &head)?;
+    let content_type = framing(&parts.headers, &head)?;
     audit.mailbox = Some(act_as.value.clone());
     let slot = gw.mailbox_slots.try_acquire(&act_as.value).ok_or_else(|| {
         throttled(
@@ -428,6 +429,7 @@ async fn ews_post<U: Upstream>(
     })?;
     audit.tenant = Some(tenant.tenant_id.clone());
     let mut headers = forwardable_request_headers(&parts.headers);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(pf) = parts.headers.get("x-publicfoldermailbox")
         && pf.to_str().is_ok_and(|v| policy::may_act_as(&principal, v))
     {
@@ -544,6 +546,30 @@ pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<Connecting
             kind: ConnectingSidKind::SmtpAddress,
             value: decision.mailbox,
         },
+    })
+}
+
+/// The client's Content-Type, Content-Encoding and SOAPAction must agree with the envelope
+/// read; returns the canonical Content-Type to send upstream (see [`crate::canonical`]).
+fn framing(headers: &HeaderMap, head: &ScannedHead) -> Result<&'static str, GatewayError> {
+    let values = |name: header::HeaderName| -> Vec<&[u8]> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    };
+    let info = head.info();
+    crate::canonical::check_framing(
+        &values(header::CONTENT_TYPE),
+        &values(header::CONTENT_ENCODING),
+        &values(header::HeaderName::from_static("soapaction")),
+        info.soap_version,
+        info.operation.as_deref().unwrap_or_default(),
+    )
+    .map_err(|err| GatewayError::Refused {
+        code: "ErrorInvalidRequest",
+        message: err.to_string(),
     })
 }
 
