@@ -26,7 +26,7 @@ use crate::limits::{MailboxSlot, MailboxSlots, PrincipalRate};
 use crate::lockout::Lockout;
 use crate::policy;
 use crate::rewrite::{PrefixScanner, RewriteLimits, ScannedHead};
-use crate::soap::{ConnectingSid, ConnectingSidKind};
+use crate::soap::ConnectingSid;
 use crate::telemetry;
 use crate::token::TokenSource;
 use crate::tracked::{CloseOnDrain, OnEnd, Tracked};
@@ -399,7 +399,7 @@ async fn ews_post<U: Upstream>(
     audit.operation = head.info().operation.clone();
 
     // Phase 2: authorise, before any byte goes upstream.
-    let act_as = authorise(&principal, &head)?;
+    let act_as = authorise(&principal, &head, &users)?;
     let content_type = framing(&parts.headers, &head)?;
     audit.mailbox = Some(act_as.value.clone());
     let slot = gw.mailbox_slots.try_acquire(&act_as.value).ok_or_else(|| {
@@ -527,8 +527,14 @@ fn refused(err: crate::rewrite::RewriteError) -> GatewayError {
 }
 
 /// Phase 2: whether the principal may call this operation, and the mailbox the call acts as,
-/// from the principal's policy and the client's own impersonation header, if any.
-pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<ConnectingSid, GatewayError> {
+/// from the principal's policy and the client's own impersonation header, if any. The result is
+/// the one canonical impersonation sent upstream (`PrimarySmtpAddress` of the decided mailbox,
+/// whatever form the client used; see [`policy::Decision::connecting_sid`]).
+pub fn authorise(
+    principal: &Principal,
+    head: &ScannedHead,
+    users: &CredentialStore,
+) -> Result<ConnectingSid, GatewayError> {
     let info = head.info();
     let Some(operation) = info.operation.as_deref() else {
         return Err(GatewayError::Refused {
@@ -538,15 +544,9 @@ pub fn authorise(principal: &Principal, head: &ScannedHead) -> Result<Connecting
     };
     policy::may_call(principal, operation).map_err(policy_refusal)?;
     let requested = info.client_impersonation.as_ref();
-    let decision = policy::decide_mailbox(principal, requested).map_err(policy_refusal)?;
-    Ok(match requested {
-        // Keep the client's form (it may have sent PrimarySmtpAddress); the value was authorised.
-        Some(sid) if decision.via_client_header => sid.clone(),
-        _ => ConnectingSid {
-            kind: ConnectingSidKind::SmtpAddress,
-            value: decision.mailbox,
-        },
-    })
+    let decision = policy::decide_mailbox(principal, requested, &|upn| users.mailbox_for_upn(upn))
+        .map_err(policy_refusal)?;
+    Ok(decision.connecting_sid())
 }
 
 /// The client's Content-Type, Content-Encoding and SOAPAction must agree with the envelope

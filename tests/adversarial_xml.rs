@@ -587,6 +587,64 @@ fn wellformedness_cases() -> Vec<Case> {
     ]
 }
 
+/// Issue 12: the identity Exchange acts on is the one policy checked. Whatever ConnectingSID
+/// form the client used, one `PrimarySmtpAddress` of the decided mailbox goes upstream
+/// (`acts_as` refuses any other form); a real UPN maps through the users file.
+fn identity_form_cases() -> Vec<Case> {
+    vec![
+        c(
+            "smtp_address_form_becomes_primary",
+            as_archiver(doc("", &imp("SmtpAddress", "alice@contoso.example"))),
+            Expect::Forwarded(|r| acts_as(r, "alice@contoso.example")),
+        ),
+        c(
+            "principal_name_in_address_form_becomes_primary",
+            as_archiver(doc("", &imp("PrincipalName", "bob@contoso.example"))),
+            Expect::Forwarded(|r| acts_as(r, "bob@contoso.example")),
+        ),
+        c(
+            "own_real_upn_is_mapped_to_own_mailbox",
+            as_alice(doc(
+                "",
+                &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+            )),
+            Expect::Forwarded(as_alice_check),
+        ),
+        c(
+            "archiver_by_alices_upn_acts_as_alice",
+            as_archiver(doc(
+                "",
+                &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+            )),
+            Expect::Forwarded(|r| acts_as(r, "alice@contoso.example")),
+        ),
+        c(
+            "bob_by_alices_upn_is_denied_naming_the_mailbox",
+            http_post(
+                "/EWS/Exchange.asmx",
+                Some(&basic(BOB.0, BOB.1)),
+                "",
+                doc(
+                    "",
+                    &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+                )
+                .as_bytes(),
+            ),
+            Expect::Fault(DENIED, "mailbox alice@contoso.example"),
+        ),
+        c(
+            "login_with_the_real_upn",
+            http_post(
+                "/EWS/Exchange.asmx",
+                Some(&basic("alice@contoso.onmicrosoft.example", ALICE.1)),
+                "",
+                doc("", version_header()).as_bytes(),
+            ),
+            Expect::Forwarded(as_alice_check),
+        ),
+    ]
+}
+
 fn encoding_cases() -> Vec<Case> {
     let plain = with_header(version_header());
     let undeclared = plain.replacen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n", "", 1);
@@ -793,6 +851,7 @@ async fn adversarial_envelopes() {
     cases.extend(markup_cases());
     cases.extend(encoding_cases());
     cases.extend(wellformedness_cases());
+    cases.extend(identity_form_cases());
     cases.extend(size_cases());
     cases.extend(privileged_cases());
     assert!(cases.len() >= 80, "{} cases", cases.len());
