@@ -9,8 +9,8 @@
 
 use crate::auth::Principal;
 use crate::policy;
-use crate::sim::xml::{self, Element};
 use crate::soap::escape;
+use ews_gateway_core::xml::{self, Element};
 
 const POX_REQUEST: &str =
     "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006";

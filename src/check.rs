@@ -321,8 +321,8 @@ async fn check_mailbox<U: Upstream>(
 
 /// The first `ResponseCode` in an EWS answer (ResponseMessage or fault detail).
 fn response_code(body: &[u8]) -> Option<String> {
-    let root = crate::sim::xml::parse(body).ok()?;
-    fn find(el: &crate::sim::xml::Element) -> Option<String> {
+    let root = ews_gateway_core::xml::parse(body).ok()?;
+    fn find(el: &ews_gateway_core::xml::Element) -> Option<String> {
         if el.local == "ResponseCode"
             && matches!(el.ns.as_deref(), Some(NS_MESSAGES) | Some(NS_ERRORS))
         {

@@ -5,7 +5,8 @@
 //! dummy hash, so timing matches), and unknown users are tracked like real ones, so nothing
 //! reveals whether an account exists or is locked. Requests without credentials are challenges,
 //! not failures (DavMail sends every call unauthenticated first). Free of hyper types; time is
-//! tokio's, so tests can pause it.
+//! tokio's, so tests can pause it. The counting rules themselves live in
+//! `ews_gateway_core::lockout`.
 //!
 //! Two stores sit behind [`Lockout`]: the in-process [`LocalStore`], always present, and, when
 //! `[auth.lockout] redis_url` is set, a [`RedisStore`] shared by every replica. Each Redis
@@ -183,22 +184,8 @@ fn open_client(url: &str) -> Result<redis::Client, LockoutSetupError> {
     redis::Client::open(url).map_err(|e| LockoutSetupError::Url(format!("{:?}", e.kind())))
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    failures: u32,
-    window_start: Instant,
-    locked_until: Option<Instant>,
-    lockouts: u32,
-}
-
-/// What a failure led to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureOutcome {
-    /// Counted; no lockout yet.
-    Counted,
-    /// A lockout of this length started now.
-    LockedFor(Duration),
-}
+pub use ews_gateway_core::lockout::FailureOutcome;
+use ews_gateway_core::lockout::{Counter, LockState, Rules};
 
 /// Entries kept before stale ones are pruned (bounds memory under a spray of user names).
 const PRUNE_AT: usize = 100_000;
@@ -211,41 +198,41 @@ fn audit_ended(key: &str) {
     tracing::warn!(target: "audit", %key, "lockout ended");
 }
 
-/// The length of the lockout that follows `lockouts` earlier ones.
-fn lockout_length(policy: &LockoutPolicy, lockouts: u32) -> Duration {
-    let factor = 1u64 << lockouts.min(16);
-    Duration::from_secs(
-        policy
-            .lockout_seconds
-            .saturating_mul(factor)
-            .min(policy.max_lockout_seconds),
-    )
+impl LockoutPolicy {
+    /// The rules the in-process counters follow.
+    fn rules(&self) -> Rules {
+        Rules {
+            window: Duration::from_secs(self.window_seconds),
+            lockout: Duration::from_secs(self.lockout_seconds),
+            max_lockout: Duration::from_secs(self.max_lockout_seconds),
+        }
+    }
+}
+
+/// The decisions' clock: tokio's, so paused-time tests drive it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// Failure counters and lockouts of this process.
 #[derive(Debug, Default)]
 pub struct LocalStore {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Counter>>,
 }
 
 impl LocalStore {
     fn is_locked(&self, keys: &[&str]) -> bool {
-        let now = Instant::now();
+        let now = now();
         let Ok(mut entries) = self.entries.lock() else {
             return false;
         };
         let mut locked = false;
         for key in keys {
-            if let Some(e) = entries.get_mut(*key)
-                && let Some(until) = e.locked_until
-            {
-                if now < until {
-                    locked = true;
-                } else {
-                    e.locked_until = None;
-                    e.failures = 0;
-                    e.window_start = now;
-                    audit_ended(key);
+            if let Some(counter) = entries.get_mut(*key) {
+                match counter.check(now) {
+                    LockState::Locked => locked = true,
+                    LockState::Ended => audit_ended(key),
+                    LockState::Free => {}
                 }
             }
         }
@@ -253,45 +240,29 @@ impl LocalStore {
     }
 
     fn record_failure(&self, policy: &LockoutPolicy, key: &str, limit: u32) -> FailureOutcome {
-        let now = Instant::now();
-        let window = Duration::from_secs(policy.window_seconds);
+        let now = now();
+        let rules = policy.rules();
         let Ok(mut entries) = self.entries.lock() else {
             return FailureOutcome::Counted;
         };
         if entries.len() >= PRUNE_AT {
-            let max_lock = Duration::from_secs(policy.max_lockout_seconds);
-            entries.retain(|_, e| {
-                e.locked_until.is_some_and(|u| u > now)
-                    || now.duration_since(e.window_start) < window.max(max_lock)
-            });
+            entries.retain(|_, c| !c.is_stale(&rules, now));
         }
-        let e = entries.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            locked_until: None,
-            lockouts: 0,
-        });
-        if now.duration_since(e.window_start) > window {
-            e.failures = 0;
-            e.window_start = now;
-        }
-        e.failures += 1;
-        if e.failures >= limit.max(1) && e.locked_until.is_none_or(|u| u <= now) {
-            let length = lockout_length(policy, e.lockouts);
-            e.lockouts += 1;
-            e.locked_until = Some(now + length);
-            e.failures = 0;
+        let counter = entries
+            .entry(key.to_owned())
+            .or_insert_with(|| Counter::new(now));
+        let outcome = counter.record_failure(&rules, now, limit);
+        if let FailureOutcome::LockedFor(length) = outcome {
             audit_started(key, length);
-            return FailureOutcome::LockedFor(length);
         }
-        FailureOutcome::Counted
+        outcome
     }
 
     fn record_success(&self, key: &str) {
         if let Ok(mut entries) = self.entries.lock()
-            && let Some(e) = entries.get_mut(key)
+            && let Some(counter) = entries.get_mut(key)
         {
-            e.failures = 0;
+            counter.record_success();
         }
     }
 }

@@ -1,12 +1,15 @@
 //! The `ews-gateway` command line.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sim")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
+#[cfg(feature = "sim")]
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+#[cfg(feature = "sim")]
 use ews_gateway::sim;
 
 #[derive(Debug, Parser)]
@@ -34,8 +37,10 @@ enum Command {
     /// Run the gateway from a configuration file.
     Serve(ServeArgs),
     /// Run the simulator and the gateway together on loopback, with demo users.
+    #[cfg(feature = "sim")]
     Demo(DemoArgs),
     /// Run the strict simulated Exchange Online (token endpoint, EWS, mailboxes).
+    #[cfg(feature = "sim")]
     Sim(SimArgs),
     /// Read a password (terminal, or one line of standard input) and print its argon2id hash.
     HashPassword,
@@ -86,6 +91,7 @@ struct ServeArgs {
     config: PathBuf,
 }
 
+#[cfg(feature = "sim")]
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
     /// Address the gateway listens on.
@@ -104,6 +110,7 @@ struct DemoArgs {
     ca_out: Option<PathBuf>,
 }
 
+#[cfg(feature = "sim")]
 #[derive(Debug, clap::Args)]
 struct SimArgs {
     /// Address to listen on.
@@ -188,7 +195,9 @@ async fn main() -> Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => run_serve(args).await,
+        #[cfg(feature = "sim")]
         Command::Demo(args) => run_demo(args).await,
+        #[cfg(feature = "sim")]
         Command::Sim(args) => run_sim(args).await,
         Command::HashPassword => hash_password(),
         Command::Check(args) => run_check(args).await,
@@ -228,6 +237,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 }
 
 #[allow(clippy::print_stdout)]
+#[cfg(feature = "sim")]
 async fn run_demo(args: DemoArgs) -> Result<()> {
     let tls_names = args.https.then_some(args.tls_names.as_slice());
     let demo =
@@ -387,6 +397,7 @@ fn hash_password() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "sim")]
 async fn run_sim(args: SimArgs) -> Result<()> {
     let directory = match &args.seed {
         Some(path) => {
@@ -419,6 +430,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "sim")]
 fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
     let directory = handle.state.directory.read().map(|d| d.clone()).ok();
     let (tenant_id, client_id, client_secret) = directory
@@ -443,6 +455,7 @@ fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
 }
 
 #[allow(clippy::print_stdout)]
+#[cfg(feature = "sim")]
 fn print_sim_human(
     handle: &sim::SimHandle,
     summary: &serde_json::Value,

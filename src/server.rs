@@ -163,12 +163,12 @@ pub fn load_users(config: &Config) -> Result<CredentialStore, StartError> {
         path: path.display().to_string(),
         source,
     })?;
-    CredentialStore::from_toml(&text, crate::auth::StoreOptions::from_config(&config.auth)).map_err(
-        |e| StartError::Users {
+    CredentialStore::from_toml(&text, crate::auth::store_options(&config.auth)).map_err(|e| {
+        StartError::Users {
             path: path.display().to_string(),
             message: e.to_string(),
-        },
-    )
+        }
+    })
 }
 
 fn build_tokens(config: &Config) -> Result<TokenSource, StartError> {

@@ -1,3 +1,4 @@
+#![allow(unreachable_pub)] // shared by several test crates, each using a part
 //! The adversarial suites' harness: each case is a request written byte for byte on a TCP
 //! stream, the answer it must get, and what must (or must not) have reached the simulated
 //! Exchange because of it.

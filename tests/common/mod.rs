@@ -1,3 +1,4 @@
+#![allow(unreachable_pub)] // shared by several test crates, each using a part
 //! Shared helpers for the integration tests: start the demo (simulator + gateway) on loopback
 //! and talk SOAP to it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]

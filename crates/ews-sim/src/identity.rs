@@ -12,7 +12,7 @@ use http::{Method, Response, StatusCode};
 use super::directory::{App, Tenant};
 use super::tokens::{ClientAuth, EXCHANGE_AUDIENCES, TokenClaims, now_unix};
 use super::{SimRequest, SimState, respond};
-use crate::http_util::Body;
+use ews_http::http_util::Body;
 
 fn query(req: &SimRequest) -> Vec<(String, String)> {
     req.query

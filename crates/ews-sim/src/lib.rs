@@ -5,6 +5,7 @@
 //! `/_sim/` (request log, fault injection). It accepts what Exchange Online and Entra ID accept and
 //! refuses what they refuse, with the same status codes, headers and fault texts, so that tests of
 //! the gateway prove something.
+#![forbid(unsafe_code)]
 
 pub mod directory;
 pub mod entra;
@@ -30,8 +31,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_util::{self, Body, ConnInfo, ServeOptions};
 use directory::Directory;
+use ews_http::http_util::{self, Body, ConnInfo, ServeOptions};
 use faults::Faults;
 
 /// How the simulator is set up.
@@ -222,7 +223,7 @@ pub enum SimError {
     },
     /// TLS material could not be made.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] ews_http::tls::TlsError),
     /// Signing keys could not be made.
     #[error("token signing key: {0}")]
     Keys(String),
@@ -302,10 +303,10 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         .local_addr()
         .map_err(|source| SimError::Bind { addr, source })?;
     let (tls, ca_pem) = if config.https {
-        let pki = crate::tls::generate_pki(&["localhost".to_owned(), addr.ip().to_string()])?;
-        let certs = crate::tls::certs_from_pem(pki.server_cert_pem.as_bytes(), "generated")?;
-        let key = crate::tls::key_from_pem(pki.server_key_pem.as_bytes(), "generated")?;
-        let server = crate::tls::server_config(certs, key)?;
+        let pki = ews_http::tls::generate_pki(&["localhost".to_owned(), addr.ip().to_string()])?;
+        let certs = ews_http::tls::certs_from_pem(pki.server_cert_pem.as_bytes(), "generated")?;
+        let key = ews_http::tls::key_from_pem(pki.server_key_pem.as_bytes(), "generated")?;
+        let server = ews_http::tls::server_config(certs, key)?;
         (
             Some(tokio_rustls::TlsAcceptor::from(server)),
             Some(pki.ca_cert_pem),

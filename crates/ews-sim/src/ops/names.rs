@@ -8,9 +8,9 @@ use super::common::{
     M, OpError, OpResult, T, error, message, ok, parse_bool, required, response, schema_fault,
     warning,
 };
-use crate::sim::directory::Mailbox as DirMailbox;
-use crate::sim::xml::Element;
-use crate::soap::escape;
+use crate::directory::Mailbox as DirMailbox;
+use crate::xml::Element;
+use ews_gateway_core::soap::escape;
 
 const FORMATS: &[&str] = &[
     "EwsLegacyId",
@@ -46,7 +46,7 @@ fn convert(id: &str, from: &str, to: &str) -> String {
         STANDARD.decode(id).ok()
     };
     match (bytes, to) {
-        (Some(b), "HexEntryId") => crate::sim::hex(&b).to_ascii_uppercase(),
+        (Some(b), "HexEntryId") => crate::hex(&b).to_ascii_uppercase(),
         (Some(b), _) => STANDARD.encode(b),
         (None, _) => id.to_owned(),
     }

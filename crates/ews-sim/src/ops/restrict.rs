@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use super::common::{T, parse_time};
 use super::render::{message_flags, parse_tag};
-use crate::sim::mailbox::{Folder, Item};
-use crate::sim::xml::Element;
+use crate::mailbox::{Folder, Item};
+use crate::xml::Element;
 
 #[derive(Debug, Clone)]
 enum Val {

@@ -4,10 +4,10 @@
 use time::OffsetDateTime;
 
 use super::{OpContext, OpOutcome};
-use crate::sim::directory::Mailbox as DirMailbox;
-use crate::sim::mailbox::{Data, IdKind, decode_id};
-use crate::sim::xml::Element;
-use crate::soap::{NS_MESSAGES, NS_TYPES, escape};
+use crate::directory::Mailbox as DirMailbox;
+use crate::mailbox::{Data, IdKind, decode_id};
+use crate::xml::Element;
+use ews_gateway_core::soap::{NS_MESSAGES, NS_TYPES, escape};
 
 /// Messages namespace.
 pub(super) const M: &str = NS_MESSAGES;
@@ -26,7 +26,7 @@ pub(super) struct OpError {
 }
 
 impl OpError {
-    pub fn new(code: &'static str, text: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, text: impl Into<String>) -> Self {
         Self {
             code,
             text: text.into(),
@@ -34,32 +34,32 @@ impl OpError {
         }
     }
 
-    pub fn item_not_found() -> Self {
+    pub(crate) fn item_not_found() -> Self {
         Self::new(
             "ErrorItemNotFound",
             "The specified object was not found in the store.",
         )
     }
 
-    pub fn folder_not_found() -> Self {
+    pub(crate) fn folder_not_found() -> Self {
         Self::new(
             "ErrorFolderNotFound",
             "The specified folder could not be found in the store.",
         )
     }
 
-    pub fn malformed() -> Self {
+    pub(crate) fn malformed() -> Self {
         Self::new("ErrorInvalidIdMalformed", "Id is malformed.")
     }
 
-    pub fn access_denied() -> Self {
+    pub(crate) fn access_denied() -> Self {
         Self::new(
             "ErrorAccessDenied",
             "Access is denied. Check credentials and try again.",
         )
     }
 
-    pub fn no_mailbox(address: &str) -> Self {
+    pub(crate) fn no_mailbox(address: &str) -> Self {
         let mut e = Self::new(
             "ErrorNonExistentMailbox",
             "The SMTP address has no mailbox associated with it.",
@@ -68,7 +68,7 @@ impl OpError {
         e
     }
 
-    pub fn invalid_request(text: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(text: impl Into<String>) -> Self {
         Self::new("ErrorInvalidRequest", text)
     }
 }

@@ -22,7 +22,7 @@ use time::macros::format_description;
 use super::directory::{App, Tenant};
 use super::tokens::{ClientAuth, TokenClaims};
 use super::{SimRequest, SimState, hex, respond};
-use crate::http_util::Body;
+use ews_http::http_util::Body;
 
 /// Which token API a request used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

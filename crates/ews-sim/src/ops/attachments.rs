@@ -11,10 +11,10 @@ use super::common::{
     response, schema_fault,
 };
 use super::items::parse_file_attachment;
-use crate::sim::SimState;
-use crate::sim::mailbox::IdKind;
-use crate::sim::xml::Element;
-use crate::soap::escape;
+use crate::SimState;
+use crate::mailbox::IdKind;
+use crate::xml::Element;
+use ews_gateway_core::soap::escape;
 
 pub(super) fn create_attachment(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
     let parent = required(op, M, "ParentItemId")?;

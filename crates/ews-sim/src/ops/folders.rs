@@ -14,9 +14,9 @@ use super::common::{
 };
 use super::render::{folder_xml, parse_shape};
 use super::restrict::matches_folder;
-use crate::sim::SimState;
-use crate::sim::mailbox::FolderKind;
-use crate::sim::xml::Element;
+use crate::SimState;
+use crate::mailbox::FolderKind;
+use crate::xml::Element;
 
 pub(super) fn get_folder(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
     let shape = parse_shape(op, M, "FolderShape")?;

@@ -22,10 +22,10 @@ use super::common::{
     parse_bool, required, resolve_folder, response, schema_fault,
 };
 use super::{OpContext, OpOutcome};
-use crate::sim::SimState;
-use crate::sim::mailbox::{Event, EventKind, Subscription};
-use crate::sim::xml::Element;
-use crate::soap::{NS_SOAP, escape};
+use crate::SimState;
+use crate::mailbox::{Event, EventKind, Subscription};
+use crate::xml::Element;
+use ews_gateway_core::soap::{NS_SOAP, escape};
 
 /// Exchange Online's per-user subscription budget (EWSMaxSubscriptions).
 const MAX_SUBSCRIPTIONS: usize = 20;
@@ -158,7 +158,7 @@ pub(super) fn unsubscribe(state: &Arc<SimState>, ctx: &OpContext, op: &Element) 
 fn envelope(message: &str) -> Bytes {
     Bytes::from(format!(
         "<Envelope xmlns=\"{NS_SOAP}\"><Header>{}</Header><Body>{}</Body></Envelope>",
-        crate::sim::ews::server_version_info(),
+        crate::ews::server_version_info(),
         response("GetStreamingEvents", &[message.to_owned()])
     ))
 }

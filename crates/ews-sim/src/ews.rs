@@ -23,8 +23,8 @@ use super::ops::{self, OpContext, OpOutcome};
 use super::tokens::{AccessClaims, now_unix};
 use super::xml::{self, Element, XmlError};
 use super::{SimRequest, SimState, respond};
-use crate::http_util::{Body, BoxError};
-use crate::soap::{self, NS_MESSAGES, NS_SOAP, NS_TYPES};
+use ews_gateway_core::soap::{self, NS_MESSAGES, NS_SOAP, NS_TYPES};
+use ews_http::http_util::{Body, BoxError};
 
 /// The challenge Exchange Online sends without a usable bearer token (Basic is switched off).
 pub const BEARER_CHALLENGE: &str = "Bearer client_id=\"00000002-0000-0ff1-ce00-000000000000\", trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\", token_types=\"app_asserted_user_v1 service_asserted_app_v1\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\",Basic Realm=\"\"";

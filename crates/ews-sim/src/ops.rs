@@ -83,7 +83,7 @@ impl std::fmt::Debug for OpOutcome {
 
 /// Runs the operation `op` (the first child of `s:Body`) as `ctx.acting`.
 pub async fn dispatch(state: &Arc<SimState>, ctx: OpContext, op: &Element) -> OpOutcome {
-    if op.ns.as_deref() != Some(crate::soap::NS_MESSAGES) {
+    if op.ns.as_deref() != Some(ews_gateway_core::soap::NS_MESSAGES) {
         return not_simulated(&op.local);
     }
     let result = match op.local.as_str() {

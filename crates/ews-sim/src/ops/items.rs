@@ -21,10 +21,10 @@ use super::common::{
 };
 use super::render::{item_xml, parse_shape, parse_tag};
 use super::restrict;
-use crate::sim::SimState;
-use crate::sim::mailbox::{Address, Attachment, BodyType, Data, IdKind, Message, SyncChange, mime};
-use crate::sim::xml::Element;
-use crate::soap::escape;
+use crate::SimState;
+use crate::mailbox::{Address, Attachment, BodyType, Data, IdKind, Message, SyncChange, mime};
+use crate::xml::Element;
+use ews_gateway_core::soap::escape;
 
 fn acting_address(ctx: &OpContext) -> Address {
     Address {

@@ -10,9 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::OpContext;
 use super::common::{T, bad_attr, bool_text, fmt_time, required};
-use crate::sim::mailbox::{Address, BodyType, Folder, FolderKind, Item, MailboxData, mime};
-use crate::sim::xml::Element;
-use crate::soap::escape;
+use crate::mailbox::{Address, BodyType, Folder, FolderKind, Item, MailboxData, mime};
+use crate::xml::Element;
+use ews_gateway_core::soap::escape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Base {
@@ -127,7 +127,7 @@ pub(super) fn folder_id_xml(local: &str, f: &Folder) -> String {
     format!(
         "<t:{local} Id=\"{}\" ChangeKey=\"{}\"/>",
         escape(&f.id),
-        crate::sim::mailbox::change_key(f.version)
+        crate::mailbox::change_key(f.version)
     )
 }
 

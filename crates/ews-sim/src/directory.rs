@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 /// The built-in seed: tenant `contoso.example`.
-pub const BUILTIN_SEED: &str = include_str!("../../fixtures/seed/contoso.toml");
+pub const BUILTIN_SEED: &str = include_str!("../../../fixtures/seed/contoso.toml");
 
 /// Errors while loading a seed.
 #[derive(Debug, thiserror::Error)]

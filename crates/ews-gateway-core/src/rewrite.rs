@@ -284,6 +284,12 @@ impl ScannedHead {
         &self.info
     }
 
+    /// How many of the client's bytes the head is (everything up to the end of the operation's
+    /// start tag, or the whole document when the Body is empty): the part the gateway checked.
+    pub fn head_len(&self) -> usize {
+        self.prefix.len()
+    }
+
     /// The bytes to send upstream in place of everything consumed so far: the consumed bytes with
     /// the client's `ExchangeImpersonation` element (if any) replaced by exactly one `target`
     /// impersonation as a child of the SOAP Header (a Header is created right after the Envelope
@@ -1135,7 +1141,7 @@ fn resolve_reference(reference: &BytesRef<'_>) -> Result<char, RewriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::xml::{self, Element};
+    use crate::xml::{self, Element};
     use proptest::prelude::*;
 
     /// Expands `{S}` (SOAP 1.1), `{S12}`, `{M}` (messages), `{T}` (types) in a test document.
