@@ -28,7 +28,9 @@ fn offset(text: &str, pos: roxmltree::TextPos) -> usize {
     text.len()
 }
 
-fn elements<'a, 'i>(node: roxmltree::Node<'a, 'i>) -> impl Iterator<Item = roxmltree::Node<'a, 'i>> {
+fn elements<'a, 'i>(
+    node: roxmltree::Node<'a, 'i>,
+) -> impl Iterator<Item = roxmltree::Node<'a, 'i>> {
     node.children().filter(roxmltree::Node::is_element)
 }
 
@@ -79,10 +81,17 @@ pub fn check(data: &[u8]) {
     let imps: Vec<_> = header
         .into_iter()
         .flat_map(elements)
-        .filter(|n| n.tag_name().namespace() == Some(NS_TYPES) && n.tag_name().name() == "ExchangeImpersonation")
+        .filter(|n| {
+            n.tag_name().namespace() == Some(NS_TYPES)
+                && n.tag_name().name() == "ExchangeImpersonation"
+        })
         .collect();
     match &info.client_impersonation {
-        None => assert!(imps.is_empty(), "the scan saw no impersonation, the strict parser {}", imps.len()),
+        None => assert!(
+            imps.is_empty(),
+            "the scan saw no impersonation, the strict parser {}",
+            imps.len()
+        ),
         Some(sid) => {
             assert_eq!(imps.len(), 1);
             let csid = elements(imps[0]).next().expect("ConnectingSID");
@@ -97,7 +106,9 @@ pub fn check(data: &[u8]) {
             assert_eq!(value.trim(), sid.value, "impersonation values differ");
         }
     }
-    let body_el = elements(root).find(|n| n.tag_name().name() == "Body").expect("Body");
+    let body_el = elements(root)
+        .find(|n| n.tag_name().name() == "Body")
+        .expect("Body");
     let op = elements(body_el).next();
     match (&info.operation, op) {
         (None, None) => {}
@@ -105,6 +116,9 @@ pub fn check(data: &[u8]) {
             assert_eq!(op.tag_name().namespace(), Some(NS_MESSAGES));
             assert_eq!(op.tag_name().name(), name);
         }
-        (scan, strict) => panic!("operation: scan {scan:?}, strict {:?}", strict.map(|n| n.tag_name().name().to_owned())),
+        (scan, strict) => panic!(
+            "operation: scan {scan:?}, strict {:?}",
+            strict.map(|n| n.tag_name().name().to_owned())
+        ),
     }
 }
