@@ -27,13 +27,13 @@ use crate::token::{Tenant, TokenSource};
 
 /// Request headers a client may send through to Exchange; everything else is dropped
 /// (deny by default: the client's `Authorization`, spoofed `X-Forwarded-*`, ...).
+/// `Content-Type` is set by the gateway to the canonical value and `SOAPAction` is checked and
+/// dropped (see `canonical` in the core crate): neither is the client's to pass on.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "content-type",
     "accept",
     "accept-encoding",
     "accept-language",
     "user-agent",
-    "soapaction",
     "cookie",
     "client-request-id",
     "return-client-request-id",

@@ -27,7 +27,7 @@ pub mod telemetry;
 pub mod token;
 pub mod tracked;
 
-pub use ews_gateway_core::{limits, policy, rewrite, soap};
+pub use ews_gateway_core::{canonical, limits, policy, rewrite, soap, wellformed};
 pub use ews_http::{http_util, tls};
 #[cfg(feature = "sim")]
 pub use ews_sim as sim;

@@ -30,7 +30,7 @@ use crate::limits::{MailboxSlots, PrincipalRate};
 use crate::lockout::Lockout;
 use crate::policy;
 use crate::rewrite::{HeadInfo, PrefixScanner, RewriteLimits, ScannedHead};
-use crate::soap::{ConnectingSid, ConnectingSidKind};
+use crate::soap::ConnectingSid;
 use crate::telemetry;
 use crate::token::TokenSource;
 use crate::tracked::{CloseOnDrain, OnEnd, Tracked};
@@ -227,14 +227,15 @@ async fn ews_call<B: ClientBody>(
     let (parts, body) = req.into_parts();
     let body = DeadlineBody::new(body, gw.body_read_timeout);
     let body = scan(gw, body, audit).await?;
-    let decided = authorise(&principal, body.info())?;
+    let content_type = framing(&parts.headers, body.info())?;
+    let decided = authorise(&principal, body.info(), &gw.users.load())?;
     audit.mailbox = Some(decided.mailbox.value.clone());
     audit.slot = Some(take_mailbox_slot(gw, &decided.mailbox.value)?);
     let chosen = choose_backend(gw, &decided.mailbox.value)?;
     audit.tenant = Some(chosen.tenant.tenant_id.clone());
     let call = AuthorisedCall {
         anchor: choose_anchor(&principal, &parts.headers, &decided.mailbox.value),
-        headers: upstream_headers(&principal, &parts.headers),
+        headers: upstream_headers(&principal, &parts.headers, content_type),
         principal,
         mailbox: decided.mailbox,
         tenant: chosen.tenant,
@@ -346,8 +347,13 @@ fn choose_backend(gw: &Gateway, mailbox: &str) -> Result<Chosen, GatewayError> {
 
 /// The client headers that may go to a backend, plus `X-PublicFolderMailbox` when the
 /// principal may act as that mailbox.
-fn upstream_headers(principal: &Principal, client: &HeaderMap) -> HeaderMap {
+fn upstream_headers(
+    principal: &Principal,
+    client: &HeaderMap,
+    content_type: &'static str,
+) -> HeaderMap {
     let mut headers = forwardable_request_headers(client);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(pf) = client.get("x-publicfoldermailbox")
         && pf.to_str().is_ok_and(|v| policy::may_act_as(principal, v))
     {
@@ -552,15 +558,22 @@ fn refused(err: crate::rewrite::RewriteError) -> GatewayError {
 /// What step "authorise" decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
-    /// The mailbox the call acts as.
+    /// The mailbox the call acts as, in the one canonical form sent upstream
+    /// (`PrimarySmtpAddress` of the decided mailbox, whatever form the client used; see
+    /// [`policy::Decision::connecting_sid`]).
     pub mailbox: ConnectingSid,
     /// The EWS operation it calls.
     pub operation: String,
 }
 
 /// Step "authorise": whether the principal may call this operation, and the mailbox the call
-/// acts as, from the principal's policy and the client's own impersonation header, if any.
-pub fn authorise(principal: &Principal, info: &HeadInfo) -> Result<Decided, GatewayError> {
+/// acts as, from the principal's policy and the client's own impersonation header, if any
+/// (a `PrincipalName` is mapped through the users file's `upn`).
+pub fn authorise(
+    principal: &Principal,
+    info: &HeadInfo,
+    users: &CredentialStore,
+) -> Result<Decided, GatewayError> {
     let Some(operation) = info.operation.as_deref() else {
         return Err(GatewayError::Refused {
             code: "ErrorInvalidRequest",
@@ -569,18 +582,35 @@ pub fn authorise(principal: &Principal, info: &HeadInfo) -> Result<Decided, Gate
     };
     policy::may_call(principal, operation).map_err(policy_refusal)?;
     let requested = info.client_impersonation.as_ref();
-    let decision = policy::decide_mailbox(principal, requested).map_err(policy_refusal)?;
-    let mailbox = match requested {
-        // Keep the client's form (it may have sent PrimarySmtpAddress); the value was authorised.
-        Some(sid) if decision.via_client_header => sid.clone(),
-        _ => ConnectingSid {
-            kind: ConnectingSidKind::SmtpAddress,
-            value: decision.mailbox,
-        },
-    };
+    let decision = policy::decide_mailbox(principal, requested, &|upn| users.mailbox_for_upn(upn))
+        .map_err(policy_refusal)?;
     Ok(Decided {
-        mailbox,
+        mailbox: decision.connecting_sid(),
         operation: operation.to_owned(),
+    })
+}
+
+/// Part of step "scan": the client's Content-Type, Content-Encoding and SOAPAction must agree
+/// with the envelope read; returns the canonical Content-Type to send upstream (see
+/// `canonical` in the core crate).
+fn framing(headers: &HeaderMap, info: &HeadInfo) -> Result<&'static str, GatewayError> {
+    let values = |name: header::HeaderName| -> Vec<&[u8]> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    };
+    crate::canonical::check_framing(
+        &values(header::CONTENT_TYPE),
+        &values(header::CONTENT_ENCODING),
+        &values(header::HeaderName::from_static("soapaction")),
+        info.soap_version,
+        info.operation.as_deref().unwrap_or_default(),
+    )
+    .map_err(|err| GatewayError::Refused {
+        code: "ErrorInvalidRequest",
+        message: err.to_string(),
     })
 }
 

@@ -480,6 +480,7 @@ async fn envelope(
         ));
     };
     let ctx = OpContext {
+        app_id: caller.app.client_id.to_ascii_lowercase(),
         tenant: caller.tenant,
         acting,
         server_version: version.unwrap_or_else(|| "Exchange2013_SP1".to_owned()),

@@ -615,8 +615,12 @@ pub struct Event {
 /// A streaming subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// Primary address (lower case) of the mailbox that created it: only it may use it.
+    /// Primary address (lower case) of the mailbox it was created for (what it watches).
     pub owner: String,
+    /// Client id (lower case) of the app that created it: as in Exchange, any caller with that
+    /// app's token may use it, whichever mailbox it impersonates. The permissive side on
+    /// purpose, so the gateway's own binding of subscriptions is what the tests prove.
+    pub app: String,
     /// Watched folders as (mailbox, folder id); `None` watches all of the owner's folders.
     pub folders: Option<Vec<(String, String)>>,
     /// Event kinds wanted.
