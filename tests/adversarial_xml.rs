@@ -576,12 +576,12 @@ fn wellformedness_cases() -> Vec<Case> {
         wf("qname_with_two_colons", format!("{rsv}<x:y:T xmlns:x=\"urn:x\"/>")),
         c(
             "declaration_with_encoding_before_version",
-            as_alice(doc("<?xml encoding=\"utf-8\" version=\"1.0\"?>", &rsv)),
+            as_alice(doc("<?xml encoding=\"utf-8\" version=\"1.0\"?>", rsv)),
             Expect::Fault(INV, "XML declaration"),
         ),
         c(
             "control_character_in_a_comment_before_the_envelope",
-            as_alice(doc("<!-- \u{1b}[2J -->", &rsv)),
+            as_alice(doc("<!-- \u{1b}[2J -->", rsv)),
             Expect::Fault(INV, "U+001B"),
         ),
     ]
