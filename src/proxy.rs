@@ -852,10 +852,11 @@ operations = ["CreateItem"]
                 },
                 Seen {
                     principal: "archiver@contoso.example".into(),
-                    mailbox: "Bob@contoso.example".into(),
+                    // The canonical decided mailbox, not the client's spelling of it.
+                    mailbox: "bob@contoso.example".into(),
                     tenant: "contoso-tenant".into(),
                     operation: "FindItem".into(),
-                    anchor: "Bob@contoso.example".into(),
+                    anchor: "bob@contoso.example".into(),
                     authorization: false,
                 },
             ]
