@@ -7,8 +7,13 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY fixtures ./fixtures
-RUN cargo build --release --locked && strip target/release/ews-gateway
+# Only the gateway, without the simulator and demo (the sim feature): the benchmark tool in
+# src/bin embeds files from bench/, which is not copied. deploy/dockerfile-build-check.sh runs
+# this stage's COPY and RUN lines outside Docker (CI), so a missing COPY fails there.
+RUN cargo build --release --locked --no-default-features --bin ews-gateway \
+ && strip target/release/ews-gateway
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -10,7 +10,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 export RUSTC_BOOTSTRAP=1
-for target in rewrite basic; do
+for target in rewrite basic differential; do
   mkdir -p "corpus/$target"  # grows during the run; the committed seeds stay in seeds/
   echo "== fuzz $target for ${seconds}s"
   cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=16384

@@ -4,10 +4,12 @@
 //! Lines go to a file (appended; reopened on reload, so logrotate can move it) and/or stdout
 //! through a dedicated writer thread, so a slow disk never holds up a request. If the writer
 //! falls behind by more than [`QUEUE_LINES`] lines, lines are dropped and counted rather than
-//! letting memory grow. `ews-gateway report` reads this format.
+//! letting memory grow. `ews-gateway report` reads this format. [`RequestAudit`] is the
+//! request context the pipeline fills in; its `finish` writes the line.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
@@ -241,6 +243,153 @@ pub fn timestamp(at: std::time::SystemTime) -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     t.format(&format).unwrap_or_default()
+}
+
+/// One request as the pipeline learns about it: who, as which mailbox, for which tenant and
+/// operation, how it ended. [`RequestAudit::finish`] turns it into metrics, the `audit` log event
+/// and the audit line once the response body has ended.
+pub struct RequestAudit {
+    started: tokio::time::Instant,
+    wall: std::time::SystemTime,
+    method: http::Method,
+    path: String,
+    peer: String,
+    client_request_id: Option<String>,
+    /// The authenticated login.
+    pub principal: Option<String>,
+    /// The mailbox acted as.
+    pub mailbox: Option<String>,
+    /// The tenant whose app acted.
+    pub tenant: Option<String>,
+    /// The EWS operation (or the Autodiscover flavour).
+    pub operation: Option<String>,
+    /// The upstream's request id.
+    pub upstream_request_id: Option<String>,
+    /// `forwarded`, or the error kind; empty until known.
+    pub outcome: &'static str,
+    /// Request body bytes read before the backend was called.
+    pub bytes_in: u64,
+    /// Request body bytes streamed to the backend after the head.
+    pub streamed_in: Option<Arc<AtomicU64>>,
+    /// The mailbox's concurrency slot, held until the response body ends.
+    pub slot: Option<crate::limits::MailboxSlot>,
+    /// A long-lived streaming response.
+    pub streaming: bool,
+    in_flight: metrics::Gauge,
+}
+
+impl RequestAudit {
+    /// Starts the record of a request (and counts it in flight until [`Self::finish`]).
+    pub fn start(
+        method: http::Method,
+        path: String,
+        peer: std::net::IpAddr,
+        client_request_id: Option<String>,
+    ) -> Self {
+        let in_flight = metrics::gauge!(crate::telemetry::IN_FLIGHT);
+        in_flight.increment(1.0);
+        Self {
+            started: tokio::time::Instant::now(),
+            wall: std::time::SystemTime::now(),
+            method,
+            path,
+            peer: peer.to_string(),
+            client_request_id,
+            principal: None,
+            mailbox: None,
+            tenant: None,
+            operation: None,
+            upstream_request_id: None,
+            outcome: "",
+            bytes_in: 0,
+            streamed_in: None,
+            slot: None,
+            streaming: false,
+            in_flight,
+        }
+    }
+
+    /// The request is over: `bytes_out` sent with `status`, `completed` when the body reached its
+    /// end (else the client went away). Frees the mailbox slot, records metrics, logs the audit
+    /// event and writes the audit line to `sink`.
+    pub fn finish(self, sink: &AuditLog, status: u16, bytes_out: u64, completed: bool) {
+        use crate::telemetry;
+        let Self {
+            started,
+            wall,
+            method,
+            path,
+            peer,
+            client_request_id,
+            principal,
+            mailbox,
+            tenant,
+            operation,
+            upstream_request_id,
+            outcome,
+            bytes_in,
+            streamed_in,
+            slot,
+            streaming,
+            in_flight,
+        } = self;
+        drop(slot);
+        let bytes_in = bytes_in + streamed_in.map_or(0, |n| n.load(Ordering::Relaxed));
+        let duration = started.elapsed();
+        let outcome = if completed || outcome != "forwarded" {
+            outcome
+        } else {
+            "client_gone"
+        };
+        let op_label = telemetry::operation_label(operation.as_deref());
+        metrics::counter!(telemetry::REQUESTS, "operation" => op_label, "status" => status.to_string(), "outcome" => outcome).increment(1);
+        metrics::histogram!(telemetry::REQUEST_DURATION, "operation" => op_label)
+            .record(duration.as_secs_f64());
+        metrics::counter!(telemetry::BYTES, "direction" => "in").increment(bytes_in);
+        metrics::counter!(telemetry::BYTES, "direction" => "out").increment(bytes_out);
+        in_flight.decrement(1.0);
+        if streaming {
+            metrics::gauge!(telemetry::STREAMING).decrement(1.0);
+        }
+        tracing::info!(
+            target: "audit",
+            peer = %peer,
+            method = %method,
+            principal = principal.as_deref().unwrap_or("-"),
+            mailbox = mailbox.as_deref().unwrap_or("-"),
+            tenant = tenant.as_deref().unwrap_or("-"),
+            operation = operation.as_deref().unwrap_or("-"),
+            status,
+            outcome,
+            bytes_in,
+            bytes_out,
+            duration_ms = duration.as_millis() as u64,
+            client_request_id = client_request_id.as_deref().unwrap_or("-"),
+            upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
+            "request"
+        );
+        if !sink.enabled() {
+            return;
+        }
+        sink.record(&AuditRecord {
+            event: "request".to_owned(),
+            ts: timestamp(wall),
+            principal,
+            peer,
+            tenant,
+            mailbox,
+            operation,
+            method: method.to_string(),
+            path,
+            status,
+            outcome: outcome.to_owned(),
+            bytes_in,
+            bytes_out,
+            duration_ms: duration.as_millis() as u64,
+            client_request_id,
+            upstream_request_id,
+        });
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,11 @@ impl CredentialStore {
         self.table.canonical_name(raw)
     }
 
+    /// The mailbox of the user whose UPN is `upn`, if the users file says.
+    pub fn mailbox_for_upn(&self, upn: &str) -> Option<String> {
+        self.table.mailbox_for_upn(upn)
+    }
+
     /// Spends one dummy hash verification: a refused-before-checking login (locked user or
     /// source) costs the same as a wrong password.
     pub async fn spend_dummy_check(&self) {

@@ -9,11 +9,11 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::auth::Principal;
+use crate::backend::{AuthorisedCall, RequestBody};
 use crate::config::{Config, ConfigError};
 use crate::rewrite::{PrefixScanner, RewriteLimits};
 use crate::soap::{ConnectingSid, ConnectingSidKind, NS_ERRORS, NS_MESSAGES, NS_TYPES};
 use crate::token::TokenFindings;
-use crate::upstream::{EwsCall, Upstream};
 
 /// Everything `check` found.
 #[derive(Debug, Default, Serialize)]
@@ -210,7 +210,7 @@ pub async fn run(config_path: &Path, mailbox: Option<&str>) -> CheckReport {
             client_id: tenant.client_id.clone(),
             ..Default::default()
         };
-        match tenant.get().await {
+        match tenant.ews_tokens().get().await {
             Ok(token) => {
                 t.ok = true;
                 t.fix = token.findings.notes.first().cloned();
@@ -240,10 +240,7 @@ pub async fn run(config_path: &Path, mailbox: Option<&str>) -> CheckReport {
     report
 }
 
-async fn check_mailbox<U: Upstream>(
-    gateway: &crate::proxy::Gateway<U>,
-    address: &str,
-) -> MailboxReport {
+async fn check_mailbox(gateway: &crate::proxy::Gateway, address: &str) -> MailboxReport {
     let mut r = MailboxReport {
         mailbox: address.to_owned(),
         ..Default::default()
@@ -253,7 +250,7 @@ async fn check_mailbox<U: Upstream>(
         r.detail = detail;
         r
     };
-    let Some(tenant) = gateway.tokens.for_mailbox(address) else {
+    let Some(chosen) = gateway.backends.choose(address) else {
         return fail(
             r,
             format!("No Entra tenant is configured for the domain of {address}."),
@@ -276,26 +273,24 @@ async fn check_mailbox<U: Upstream>(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(crate::soap::CONTENT_TYPE_XML),
     );
-    let call = EwsCall {
+    let call = AuthorisedCall {
         principal: Arc::new(Principal {
             name: "ews-gateway check".to_owned(),
             mailbox: address.to_owned(),
             may_impersonate: Vec::new(),
             ..Default::default()
         }),
-        act_as: ConnectingSid {
+        mailbox: ConnectingSid {
             kind: ConnectingSidKind::SmtpAddress,
             value: address.to_owned(),
         },
-        tenant: Arc::clone(tenant),
-        head,
-        rest: None,
-        client_content_length: Some(body.len() as u64),
-        consumed: body.len() as u64,
-        headers,
         anchor: address.to_owned(),
+        tenant: chosen.tenant,
+        operation: "GetFolder".to_owned(),
+        headers,
+        body: RequestBody::new(head, None, Some(body.len() as u64), body.len() as u64),
     };
-    match gateway.upstream.call(call).await {
+    match chosen.backend.call(call).await {
         Err(e) => fail(r, e.to_string()),
         Ok(answer) => {
             let status = answer.response.status();

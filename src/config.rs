@@ -47,6 +47,9 @@ pub struct Config {
     /// Entra tenants whose app-only tokens the gateway uses.
     #[serde(rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
+    /// Mailboxes served by another backend than their tenant's (e.g. still on-premises).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -59,6 +62,18 @@ pub struct Config {
     /// Logging, and reloading without a restart.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The Microsoft Graph backend.
+    #[serde(default)]
+    pub graph: GraphConfig,
+}
+
+/// `[graph]`: settings of the Microsoft Graph backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// `[graph.shaping]`: per-mailbox shaping of Graph traffic to Graph's limits.
+    #[serde(default)]
+    pub shaping: crate::graph_shaping::ShapingPolicy,
 }
 
 /// `[admin]`: a separate plain-HTTP listener for probes and Prometheus. It exposes no user
@@ -191,7 +206,7 @@ pub struct TenantConfig {
     pub client_secret_env: Option<String>,
     /// Client secret inline (discouraged: a warning is logged).
     #[serde(default)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// Further credentials, tried in order when one is refused as invalid (rotation):
     /// certificates (preferred by Microsoft) and secrets.
     #[serde(default, rename = "credential")]
@@ -216,6 +231,85 @@ pub struct TenantConfig {
     /// Refresh a token this many seconds before it expires.
     #[serde(default = "default_refresh_margin")]
     pub refresh_before_expiry_seconds: u64,
+    /// The backend serving this tenant's mailboxes (default: EWS pass-through to Exchange Online).
+    #[serde(default)]
+    pub backend: BackendConfig,
+}
+
+/// A backend and its settings (`backend = { kind = "..." }`). Adding a backend adds a variant
+/// here and a module behind `backend::build`; nothing else changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// EWS passed through to Exchange Online: the tenant's `ews_url`, else its cloud's, else
+    /// `upstream.ews_url`, with the tenant's Exchange scope.
+    #[default]
+    ExchangeOnline,
+    /// EWS passed through to Exchange Server on-premises (hybrid modern auth).
+    ExchangeServer {
+        /// Its EWS endpoint, e.g. `https://mail.contoso.com/EWS/Exchange.asmx`.
+        ews_url: String,
+        /// The scope its tokens are requested for (default: the origin of `ews_url` with
+        /// `/.default`, as hybrid modern auth registers it).
+        #[serde(default)]
+        scope: Option<String>,
+    },
+    /// EWS translated to Microsoft Graph (mailboxes whose EWS is retired), with the tenant's
+    /// Graph token (scope `{graph resource}/.default`).
+    Graph {
+        /// Graph base URL; requests go to `{graph_url}/v1.0/users/{mailbox}/...`.
+        #[serde(default = "default_graph_url")]
+        graph_url: String,
+    },
+}
+
+fn default_graph_url() -> String {
+    "https://graph.microsoft.com".to_owned()
+}
+
+/// `[[route]]`: mailboxes that another backend serves than their tenant's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact addresses and `*@domain` patterns; the first route that matches wins.
+    pub mailboxes: Vec<String>,
+    /// The backend serving them.
+    pub backend: BackendConfig,
+    /// The tenant whose app tokens are used (default: the tenant serving the mailbox's domain).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl BackendConfig {
+    /// Problems with these settings, prefixed with `at`.
+    fn problems(&self, at: &str, problems: &mut Vec<String>) {
+        match self {
+            Self::ExchangeOnline => {}
+            Self::ExchangeServer { ews_url, scope } => {
+                let scheme = ews_url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.scheme_str().map(str::to_owned));
+                if !matches!(scheme.as_deref(), Some("https" | "http")) {
+                    problems.push(format!("{at}.ews_url: {ews_url:?} is not an http(s) URL"));
+                }
+                if scope.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                    problems.push(format!("{at}.scope: must not be empty"));
+                }
+            }
+            Self::Graph { graph_url } => {
+                let scheme = graph_url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.scheme_str().map(str::to_owned));
+                if !matches!(scheme.as_deref(), Some("https" | "http")) {
+                    problems.push(format!(
+                        "{at}.graph_url: {graph_url:?} is not an http(s) URL"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Microsoft clouds, with their token authority, Exchange resource and EWS URL.
@@ -253,6 +347,16 @@ impl Cloud {
         }
     }
 
+    /// Microsoft Graph resource (scope without `/.default`).
+    pub fn graph_resource(self) -> &'static str {
+        match self {
+            Self::Global => "https://graph.microsoft.com",
+            Self::GccHigh => "https://graph.microsoft.us",
+            Self::Dod => "https://dod-graph.microsoft.us",
+            Self::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
     /// EWS endpoint.
     pub fn ews_url(self) -> String {
         format!("{}/EWS/Exchange.asmx", self.resource())
@@ -284,7 +388,8 @@ impl TenantConfig {
     }
 }
 
-/// One client credential of a tenant's app: a certificate (key and certificate PEM) or a secret.
+/// One `[[tenant.credential]]` as written: the keys of every kind, of which exactly one kind
+/// may be used. [`CredentialConfig::parse`] turns it into a [`CredentialSpec`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
@@ -297,9 +402,15 @@ pub struct CredentialConfig {
     /// Certificate and key in one PKCS#12 (`.pfx`) file, instead of certificate_file + key_file.
     #[serde(default)]
     pub pkcs12_file: Option<PathBuf>,
-    /// Environment variable holding the PKCS#12 password (empty password when absent).
+    /// The PKCS#12 password from a file (trailing newline ignored) ...
+    #[serde(default)]
+    pub pkcs12_password_file: Option<PathBuf>,
+    /// ... or from an environment variable ...
     #[serde(default)]
     pub pkcs12_password_env: Option<String>,
+    /// ... or inline (discouraged: a warning is logged). None of the three: an empty password.
+    #[serde(default)]
+    pub pkcs12_password: Option<Secret>,
     /// Client assertion algorithm: `PS256` (with `x5t#S256`, the default) or `RS256` (with `x5t`).
     #[serde(default)]
     pub algorithm: Option<String>,
@@ -309,6 +420,9 @@ pub struct CredentialConfig {
     /// Client secret from an environment variable.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Client secret inline (discouraged: a warning is logged).
+    #[serde(default)]
+    pub secret: Option<Secret>,
     /// Azure managed identity: `imds` (VM, VM scale set, AKS node) or `app-service` (App
     /// Service, Functions, Container Apps: `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
     #[serde(default)]
@@ -344,6 +458,12 @@ pub struct LimitsConfig {
     /// never counts while a response, such as a streaming notification, is being sent.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// Seconds a request body has to arrive in full once its head is in. A client that
+    /// trickles its body is answered `ErrorTimeoutExpired` and disconnected, and whatever was
+    /// already streamed upstream is aborted. The default lets a full-size (210 MiB) body
+    /// arrive at about 2 Mbit/s.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_seconds: u64,
     /// Largest request head in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -372,6 +492,7 @@ impl Default for LimitsConfig {
             max_envelope_head_bytes: default_max_prefix(),
             header_read_timeout_seconds: default_header_timeout(),
             idle_timeout_seconds: default_idle_timeout(),
+            body_read_timeout_seconds: default_body_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_requests_per_mailbox: default_per_mailbox(),
             requests_per_second_per_principal: default_principal_rate(),
@@ -419,6 +540,9 @@ fn default_max_prefix() -> usize {
 fn default_header_timeout() -> u64 {
     30
 }
+fn default_body_read_timeout() -> u64 {
+    900
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -433,9 +557,31 @@ fn default_max_connections() -> usize {
     1024
 }
 
-/// Where a secret comes from, resolved.
-#[derive(Clone)]
+/// A secret value; `Debug` never shows it. Deserialised from an inline configuration value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -475,202 +621,58 @@ impl Config {
         })
     }
 
-    /// Checks everything that can be checked without the network; lists every problem.
+    /// Checks everything that can be checked without the network; lists every problem. Each
+    /// section reports its own; this adds the few that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let l = &self.listen;
-        match (&l.tls_cert, &l.tls_key) {
-            (Some(_), None) | (None, Some(_)) => problems
-                .push("listen: tls_cert and tls_key must be set together".to_owned()),
-            (None, None) if !l.address.ip().is_loopback() && !l.allow_plain_http => {
-                problems.push(format!(
-                    "listen: {} is not loopback and no tls_cert/tls_key is set; Basic credentials would cross the network in clear text (set allow_plain_http = true only behind a TLS-terminating load balancer)",
-                    l.address
-                ))
-            }
-            _ => {}
-        }
-        for (key, path) in [
-            ("listen.tls_cert", &l.tls_cert),
-            ("listen.tls_key", &l.tls_key),
-        ] {
-            if let Some(p) = path
-                && !p.is_file()
-            {
-                problems.push(format!("{key}: {} is not a readable file", p.display()));
-            }
-        }
-        if !self.auth.users_file.is_file() {
-            problems.push(format!(
-                "auth.users_file: {} is not a readable file",
-                self.auth.users_file.display()
-            ));
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.runtime.log_level).is_err() {
-            problems.push(format!(
-                "runtime.log_level: {:?} is not a log filter (e.g. \"info\" or \"ews_gateway=debug,info\")",
-                self.runtime.log_level
-            ));
-        }
-        if self.runtime.shutdown_grace_seconds > 3600 {
-            problems.push("runtime.shutdown_grace_seconds: at most 3600".to_owned());
-        }
+        let mut problems = self.listen.problems();
+        problems.extend(self.auth.problems());
+        problems.extend(self.upstream.problems());
+        problems.extend(self.runtime.problems());
+        problems.extend(self.limits.problems());
         if let Some(admin) = self.admin.address
             && admin.port() != 0
             && admin == self.listen.address
         {
             problems.push("admin.address must differ from listen.address".to_owned());
         }
-        if self.auth.realm.contains('"') || self.auth.realm.is_empty() {
-            problems.push("auth.realm: must be non-empty and contain no double quote".to_owned());
-        }
-        match url_parts(&self.upstream.ews_url) {
-            Ok(_) => {}
-            Err(e) => problems.push(format!("upstream.ews_url: {e}")),
-        }
-        if let Some(p) = &self.upstream.ca_file
-            && !p.is_file()
-        {
-            problems.push(format!(
-                "upstream.ca_file: {} is not a readable file",
-                p.display()
-            ));
-        }
         if self.tenants.is_empty() {
             problems.push("tenant: at least one [[tenant]] is required".to_owned());
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            t.backend.problems(
+                &format!("tenant[{i}] ({}).backend", t.tenant_id),
+                &mut problems,
+            );
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("route[{i}]");
+            if r.mailboxes.is_empty() {
+                problems.push(format!(
+                    "{at}.mailboxes: list at least one address or *@domain"
+                ));
+            }
+            for m in &r.mailboxes {
+                if let Err(why) = crate::auth::MailboxPattern::parse(m) {
+                    problems.push(format!("{at}.mailboxes: {why}"));
+                }
+            }
+            if let Some(tenant) = &r.tenant
+                && !self
+                    .tenants
+                    .iter()
+                    .any(|t| t.tenant_id.eq_ignore_ascii_case(tenant))
+            {
+                problems.push(format!(
+                    "{at}.tenant: {tenant:?} is not a configured [[tenant]]"
+                ));
+            }
+            r.backend.problems(&format!("{at}.backend"), &mut problems);
         }
         let several = self.tenants.len() > 1;
         let mut seen_domains = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
-            let at = format!("tenant[{i}] ({})", t.tenant_id);
-            if t.tenant_id.trim().is_empty() {
-                problems.push(format!("{at}: tenant_id is empty"));
-            }
-            if t.client_id.trim().is_empty() {
-                problems.push(format!("{at}: client_id is empty"));
-            }
-            let sources = [
-                t.client_secret_file.is_some(),
-                t.client_secret_env.is_some(),
-                t.client_secret.is_some(),
-            ]
-            .iter()
-            .filter(|s| **s)
-            .count();
-            if sources > 1 {
-                problems.push(format!(
-                    "{at}: set at most one of client_secret_file, client_secret_env, client_secret"
-                ));
-            }
-            if sources == 0 && t.credentials.is_empty() {
-                problems.push(format!(
-                    "{at}: no credential: set client_secret_file, client_secret_env or client_secret, or add a [[tenant.credential]]"
-                ));
-            }
-            for (j, c) in t.credentials.iter().enumerate() {
-                let pem = c.certificate_file.is_some() || c.key_file.is_some();
-                let cert = pem || c.pkcs12_file.is_some();
-                if pem && c.pkcs12_file.is_some() {
-                    problems.push(format!(
-                        "{at}: credential[{j}] sets both PEM files and pkcs12_file"
-                    ));
-                }
-                let secret = c.secret_file.is_some() || c.secret_env.is_some();
-                let identity = c.managed_identity.is_some();
-                let federated = c.federated_token_file.is_some();
-                if [cert, secret, identity, federated]
-                    .iter()
-                    .filter(|k| **k)
-                    .count()
-                    != 1
-                {
-                    problems.push(format!(
-                        "{at}: credential[{j}] must be exactly one of: certificate_file + key_file or pkcs12_file, secret_file or secret_env, managed_identity, federated_token_file"
-                    ));
-                }
-                if let Some(kind) = &c.managed_identity
-                    && kind != "imds"
-                    && kind != "app-service"
-                {
-                    problems.push(format!(
-                        "{at}: credential[{j}] managed_identity {kind} must be imds or app-service"
-                    ));
-                }
-                if c.managed_identity.as_deref() == Some("app-service")
-                    && c.identity_endpoint.is_none()
-                    && std::env::var_os("IDENTITY_ENDPOINT").is_none()
-                {
-                    problems.push(format!("{at}: credential[{j}] app-service managed identity needs IDENTITY_ENDPOINT (or identity_endpoint)"));
-                }
-                if c.managed_identity.as_deref() == Some("app-service")
-                    && std::env::var_os("IDENTITY_HEADER").is_none()
-                {
-                    problems.push(format!("{at}: credential[{j}] app-service managed identity needs the IDENTITY_HEADER environment variable"));
-                }
-                if pem && (c.certificate_file.is_none() || c.key_file.is_none()) {
-                    problems.push(format!(
-                        "{at}: credential[{j}] needs both certificate_file and key_file"
-                    ));
-                }
-                if c.secret_file.is_some() && c.secret_env.is_some() {
-                    problems.push(format!(
-                        "{at}: credential[{j}] sets both secret_file and secret_env"
-                    ));
-                }
-                for p in [&c.certificate_file, &c.key_file, &c.secret_file]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !p.is_file() {
-                        problems.push(format!(
-                            "{at}: credential[{j}] {} is not a readable file",
-                            p.display()
-                        ));
-                    }
-                }
-                if let Some(var) = &c.secret_env
-                    && std::env::var_os(var).is_none()
-                {
-                    problems.push(format!(
-                        "{at}: credential[{j}] environment variable {var} is not set"
-                    ));
-                }
-                if let Some(alg) = &c.algorithm
-                    && alg != "PS256"
-                    && alg != "RS256"
-                {
-                    problems.push(format!(
-                        "{at}: credential[{j}] algorithm {alg} must be PS256 or RS256"
-                    ));
-                }
-            }
-            if let Some(p) = &t.client_secret_file
-                && !p.is_file()
-            {
-                problems.push(format!(
-                    "{at}: client_secret_file {} is not a readable file",
-                    p.display()
-                ));
-            }
-            if let Some(var) = &t.client_secret_env
-                && std::env::var_os(var).is_none()
-            {
-                problems.push(format!("{at}: environment variable {var} is not set"));
-            }
-            if let Err(e) = url_parts(&t.authority()) {
-                problems.push(format!("{at}: authority: {e}"));
-            }
-            if let Some(url) = &t.ews_url
-                && let Err(e) = url_parts(url)
-            {
-                problems.push(format!("{at}: ews_url: {e}"));
-            }
-            if !t.scope().ends_with("/.default") {
-                problems.push(format!(
-                    "{at}: scope {} must end with /.default (client-credentials grant)",
-                    t.scope()
-                ));
-            }
+            let at = t.label(i);
+            problems.extend(t.problems(&at));
             if several && t.domains.is_empty() {
                 problems.push(format!(
                     "{at}: with several tenants each must list its mail domains"
@@ -682,24 +684,7 @@ impl Config {
                 }
             }
         }
-        problems.extend(self.auth.lockout.problems());
-        if self.limits.max_envelope_head_bytes < 1024 {
-            problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
-        }
-        let l = &self.limits;
-        for (key, value) in [
-            ("header_read_timeout_seconds", l.header_read_timeout_seconds),
-            ("idle_timeout_seconds", l.idle_timeout_seconds),
-            ("max_header_count", l.max_header_count as u64),
-            ("max_connections", l.max_connections as u64),
-        ] {
-            if value == 0 {
-                problems.push(format!("limits.{key}: at least 1"));
-            }
-        }
-        if l.max_header_bytes < 8192 {
-            problems.push("limits.max_header_bytes: at least 8192".to_owned());
-        }
+        problems.extend(self.graph.shaping.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -708,32 +693,520 @@ impl Config {
     }
 }
 
+fn not_a_file(key: &str, path: &Path) -> Option<String> {
+    (!path.is_file()).then(|| format!("{key}: {} is not a readable file", path.display()))
+}
+
+impl ListenConfig {
+    /// Problems of `[listen]`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                problems.push("listen: tls_cert and tls_key must be set together".to_owned())
+            }
+            (None, None) if !self.address.ip().is_loopback() && !self.allow_plain_http => {
+                problems.push(format!(
+                    "listen: {} is not loopback and no tls_cert/tls_key is set; Basic credentials would cross the network in clear text (set allow_plain_http = true only behind a TLS-terminating load balancer)",
+                    self.address
+                ))
+            }
+            _ => {}
+        }
+        for (key, path) in [
+            ("listen.tls_cert", &self.tls_cert),
+            ("listen.tls_key", &self.tls_key),
+        ] {
+            problems.extend(path.as_deref().and_then(|p| not_a_file(key, p)));
+        }
+        problems
+    }
+}
+
+impl AuthConfig {
+    /// Problems of `[auth]` and `[auth.lockout]`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = not_a_file("auth.users_file", &self.users_file)
+            .into_iter()
+            .collect();
+        if self.realm.contains('"') || self.realm.is_empty() {
+            problems.push("auth.realm: must be non-empty and contain no double quote".to_owned());
+        }
+        problems.extend(self.lockout.problems());
+        problems
+    }
+}
+
+impl UpstreamConfig {
+    /// Problems of `[upstream]`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = url_parts(&self.ews_url) {
+            problems.push(format!("upstream.ews_url: {e}"));
+        }
+        problems.extend(
+            self.ca_file
+                .as_deref()
+                .and_then(|p| not_a_file("upstream.ca_file", p)),
+        );
+        problems
+    }
+}
+
+impl RuntimeConfig {
+    /// Problems of `[runtime]`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            problems.push(format!(
+                "runtime.log_level: {:?} is not a log filter (e.g. \"info\" or \"ews_gateway=debug,info\")",
+                self.log_level
+            ));
+        }
+        if self.shutdown_grace_seconds > 3600 {
+            problems.push("runtime.shutdown_grace_seconds: at most 3600".to_owned());
+        }
+        problems
+    }
+}
+
+impl LimitsConfig {
+    /// Problems of `[limits]`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_envelope_head_bytes < 1024 {
+            problems.push("limits.max_envelope_head_bytes: at least 1024".to_owned());
+        }
+        for (key, value) in [
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+            ),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+            ("body_read_timeout_seconds", self.body_read_timeout_seconds),
+            ("max_header_count", self.max_header_count as u64),
+            ("max_connections", self.max_connections as u64),
+        ] {
+            if value == 0 {
+                problems.push(format!("limits.{key}: at least 1"));
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            problems.push("limits.max_header_bytes: at least 8192".to_owned());
+        }
+        problems
+    }
+}
+
 impl TenantConfig {
-    /// Reads the client secret from where the config says it is.
-    pub fn resolve_secret(&self) -> Result<Secret, ConfigError> {
-        if let Some(path) = &self.client_secret_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            return Ok(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()));
+    /// How problems of the `i`th tenant are prefixed.
+    pub fn label(&self, i: usize) -> String {
+        format!("tenant[{i}] ({})", self.tenant_id)
+    }
+
+    /// Problems of one `[[tenant]]` (`at` prefixes each), its credentials included.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.tenant_id.trim().is_empty() {
+            problems.push(format!("{at}: tenant_id is empty"));
         }
-        if let Some(var) = &self.client_secret_env {
-            return std::env::var(var).map(Secret::new).map_err(|_| {
-                ConfigError::Invalid(vec![format!("environment variable {var} is not set")])
-            });
+        if self.client_id.trim().is_empty() {
+            problems.push(format!("{at}: client_id is empty"));
         }
-        if let Some(value) = &self.client_secret {
-            tracing::warn!(
-                tenant = %self.tenant_id,
-                "client secret is inline in the configuration file; prefer client_secret_file or client_secret_env"
+        if let Err(more) = self.credential_specs(at) {
+            problems.extend(more);
+        }
+        problems.extend(
+            self.ca_file
+                .as_deref()
+                .and_then(|p| not_a_file(&format!("{at}: ca_file"), p)),
+        );
+        if let Err(e) = url_parts(&self.authority()) {
+            problems.push(format!("{at}: authority: {e}"));
+        }
+        if let Some(url) = &self.ews_url
+            && let Err(e) = url_parts(url)
+        {
+            problems.push(format!("{at}: ews_url: {e}"));
+        }
+        if !self.scope().ends_with("/.default") {
+            problems.push(format!(
+                "{at}: scope {} must end with /.default (client-credentials grant)",
+                self.scope()
+            ));
+        }
+        problems
+    }
+
+    /// The tenant's credentials, parsed, in the order they are tried: the `client_secret*`
+    /// shorthand first, then each `[[tenant.credential]]`; or every problem with them.
+    pub fn credential_specs(&self, at: &str) -> Result<Vec<CredentialSpec>, Vec<String>> {
+        let mut specs = Vec::new();
+        let mut problems = Vec::new();
+        match SecretSource::pick(
+            ["client_secret_file", "client_secret_env", "client_secret"],
+            self.client_secret_file.as_deref(),
+            self.client_secret_env.as_deref(),
+            self.client_secret.clone(),
+        ) {
+            Ok(Some(source)) => {
+                problems.extend(source.problem().map(|p| format!("{at}: {p}")));
+                specs.push(CredentialSpec::Secret(source));
+            }
+            Ok(None) => {}
+            Err(p) => problems.push(format!("{at}: {p}")),
+        }
+        if specs.is_empty() && problems.is_empty() && self.credentials.is_empty() {
+            problems.push(format!(
+                "{at}: no credential: set client_secret_file, client_secret_env or client_secret, or add a [[tenant.credential]]"
+            ));
+        }
+        for (j, c) in self.credentials.iter().enumerate() {
+            match c.parse() {
+                Ok(spec) => specs.push(spec),
+                Err(more) => problems.extend(
+                    more.into_iter()
+                        .map(|p| format!("{at}: credential[{j}] {p}")),
+                ),
+            }
+        }
+        if problems.is_empty() {
+            Ok(specs)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Where a secret is read from. One source for every secret the configuration names (client
+/// secrets, the PKCS#12 password, the Redis URL), each set with `<key>_file`, `<key>_env` or
+/// `<key>` (inline, discouraged).
+#[derive(Clone)]
+pub enum SecretSource {
+    /// A file; a trailing newline is ignored (as `echo` and Kubernetes Secrets leave one).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// Inline in the configuration file.
+    Inline(Secret),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "SecretSource::File({})", p.display()),
+            Self::Env(v) => write!(f, "SecretSource::Env({v})"),
+            Self::Inline(_) => f.write_str("SecretSource::Inline(..)"),
+        }
+    }
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file could not be read (or is not UTF-8).
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The environment variable is not set (or not Unicode).
+    #[error("environment variable {0} is not set")]
+    Env(String),
+}
+
+impl SecretSource {
+    /// The one source set among the keys `names` (file, environment, inline); `None` when none
+    /// is, a problem when several are.
+    pub fn pick(
+        names: [&str; 3],
+        file: Option<&Path>,
+        env: Option<&str>,
+        inline: Option<Secret>,
+    ) -> Result<Option<Self>, String> {
+        let mut set: Vec<Self> = file
+            .map(|p| Self::File(p.to_owned()))
+            .into_iter()
+            .chain(env.map(|v| Self::Env(v.to_owned())))
+            .chain(inline.map(Self::Inline))
+            .collect();
+        if set.len() > 1 {
+            return Err(format!(
+                "set at most one of {}, {}, {}",
+                names[0], names[1], names[2]
+            ));
+        }
+        Ok(set.pop())
+    }
+
+    /// Why the secret cannot be read now, if it cannot (missing file, unset variable).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::File(p) => {
+                (!p.is_file()).then(|| format!("{} is not a readable file", p.display()))
+            }
+            Self::Env(var) => std::env::var_os(var)
+                .is_none()
+                .then(|| format!("environment variable {var} is not set")),
+            Self::Inline(_) => None,
+        }
+    }
+
+    /// Whether the secret is written in the configuration file itself.
+    pub fn is_inline(&self) -> bool {
+        matches!(self, Self::Inline(_))
+    }
+
+    /// Reads the secret.
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|source| SecretError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            Self::Env(var) => std::env::var(var)
+                .map(Secret::new)
+                .map_err(|_| SecretError::Env(var.clone())),
+            Self::Inline(secret) => Ok(secret.clone()),
+        }
+    }
+}
+
+/// One credential of a tenant's app, parsed: exactly one kind, with what that kind needs.
+#[derive(Debug, Clone)]
+pub enum CredentialSpec {
+    /// A client secret.
+    Secret(SecretSource),
+    /// A certificate and its RSA key, signing client assertions.
+    Certificate {
+        /// Where the certificate and key are.
+        source: CertificateSource,
+        /// The assertion's signature algorithm.
+        algorithm: AssertionAlgorithm,
+    },
+    /// An Azure managed identity.
+    ManagedIdentity {
+        /// Which platform endpoint.
+        kind: IdentityKind,
+        /// Client id of a user-assigned identity (system-assigned when absent).
+        client_id: Option<String>,
+        /// The endpoint URL, when not the platform's default.
+        endpoint: Option<String>,
+    },
+    /// Workload identity federation: the file holding the external token (re-read each time).
+    Federated {
+        /// The token file.
+        token_file: PathBuf,
+    },
+}
+
+/// Where a certificate credential's certificate and key are.
+#[derive(Debug, Clone)]
+pub enum CertificateSource {
+    /// A PEM certificate and a PEM key file.
+    Pem {
+        /// The certificate.
+        certificate: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+    /// One PKCS#12 (`.pfx`) file.
+    Pkcs12 {
+        /// The archive.
+        file: PathBuf,
+        /// Its password (empty when `None`).
+        password: Option<SecretSource>,
+    },
+}
+
+/// Client assertion signature algorithms Entra accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256, thumbprint in `x5t#S256` (the default).
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, SHA-1 thumbprint in `x5t`.
+    Rs256,
+}
+
+/// Managed identity endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// The Instance Metadata Service (VM, VM scale set, AKS node).
+    Imds,
+    /// App Service, Functions, Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
+    AppService,
+}
+
+impl CredentialConfig {
+    /// Parses this `[[tenant.credential]]` into its one kind, or lists what is wrong with it.
+    pub fn parse(&self) -> Result<CredentialSpec, Vec<String>> {
+        let mut problems = Vec::new();
+        let pem = self.certificate_file.is_some() || self.key_file.is_some();
+        let certificate = pem || self.pkcs12_file.is_some();
+        let secret =
+            self.secret_file.is_some() || self.secret_env.is_some() || self.secret.is_some();
+        let identity = self.managed_identity.is_some();
+        let federated = self.federated_token_file.is_some();
+        if [certificate, secret, identity, federated]
+            .iter()
+            .filter(|k| **k)
+            .count()
+            != 1
+        {
+            return Err(vec![
+                "must be exactly one of: certificate_file + key_file or pkcs12_file, secret_file or secret_env or secret, managed_identity, federated_token_file".to_owned(),
+            ]);
+        }
+        // Keys of another kind are refused rather than silently ignored.
+        let stray = |keys: &[(&str, bool)], kind: &str, problems: &mut Vec<String>| {
+            for (key, set) in keys {
+                if *set {
+                    problems.push(format!("{key} applies only to a {kind} credential"));
+                }
+            }
+        };
+        let password_set = self.pkcs12_password_file.is_some()
+            || self.pkcs12_password_env.is_some()
+            || self.pkcs12_password.is_some();
+        if !certificate {
+            stray(
+                &[("algorithm", self.algorithm.is_some())],
+                "certificate",
+                &mut problems,
             );
-            return Ok(Secret::new(value.clone()));
         }
-        Err(ConfigError::Invalid(vec![format!(
-            "tenant {}: no client secret configured",
-            self.tenant_id
-        )]))
+        if self.pkcs12_file.is_none() {
+            stray(
+                &[("pkcs12_password*", password_set)],
+                "pkcs12_file",
+                &mut problems,
+            );
+        }
+        if !identity {
+            stray(
+                &[
+                    ("identity_client_id", self.identity_client_id.is_some()),
+                    ("identity_endpoint", self.identity_endpoint.is_some()),
+                ],
+                "managed_identity",
+                &mut problems,
+            );
+        }
+        let spec = if certificate {
+            let algorithm = match self.algorithm.as_deref() {
+                None | Some("PS256") => AssertionAlgorithm::Ps256,
+                Some("RS256") => AssertionAlgorithm::Rs256,
+                Some(other) => {
+                    problems.push(format!("algorithm {other} must be PS256 or RS256"));
+                    AssertionAlgorithm::Ps256
+                }
+            };
+            let source = match (&self.certificate_file, &self.key_file, &self.pkcs12_file) {
+                (Some(certificate), Some(key), None) => {
+                    problems.extend(not_a_file("certificate_file", certificate));
+                    problems.extend(not_a_file("key_file", key));
+                    Some(CertificateSource::Pem {
+                        certificate: certificate.clone(),
+                        key: key.clone(),
+                    })
+                }
+                (None, None, Some(file)) => {
+                    problems.extend(not_a_file("pkcs12_file", file));
+                    let password = match SecretSource::pick(
+                        [
+                            "pkcs12_password_file",
+                            "pkcs12_password_env",
+                            "pkcs12_password",
+                        ],
+                        self.pkcs12_password_file.as_deref(),
+                        self.pkcs12_password_env.as_deref(),
+                        self.pkcs12_password.clone(),
+                    ) {
+                        Ok(password) => password,
+                        Err(p) => {
+                            problems.push(p);
+                            None
+                        }
+                    };
+                    problems.extend(password.as_ref().and_then(SecretSource::problem));
+                    Some(CertificateSource::Pkcs12 {
+                        file: file.clone(),
+                        password,
+                    })
+                }
+                (_, _, Some(_)) => {
+                    problems.push("sets both PEM files and pkcs12_file".to_owned());
+                    None
+                }
+                _ => {
+                    problems.push("needs both certificate_file and key_file".to_owned());
+                    None
+                }
+            };
+            source.map(|source| CredentialSpec::Certificate { source, algorithm })
+        } else if secret {
+            match SecretSource::pick(
+                ["secret_file", "secret_env", "secret"],
+                self.secret_file.as_deref(),
+                self.secret_env.as_deref(),
+                self.secret.clone(),
+            ) {
+                Ok(Some(source)) => {
+                    problems.extend(source.problem());
+                    Some(CredentialSpec::Secret(source))
+                }
+                Ok(None) => None,
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            }
+        } else if let Some(kind) = &self.managed_identity {
+            let kind = match kind.as_str() {
+                "imds" => Some(IdentityKind::Imds),
+                "app-service" => Some(IdentityKind::AppService),
+                other => {
+                    problems.push(format!(
+                        "managed_identity {other} must be imds or app-service"
+                    ));
+                    None
+                }
+            };
+            if kind == Some(IdentityKind::AppService) {
+                if self.identity_endpoint.is_none()
+                    && std::env::var_os("IDENTITY_ENDPOINT").is_none()
+                {
+                    problems.push("app-service managed identity needs IDENTITY_ENDPOINT (or identity_endpoint)".to_owned());
+                }
+                if std::env::var_os("IDENTITY_HEADER").is_none() {
+                    problems.push("app-service managed identity needs the IDENTITY_HEADER environment variable".to_owned());
+                }
+            }
+            if let Some(url) = &self.identity_endpoint
+                && let Err(e) = url_parts(url)
+            {
+                problems.push(format!("identity_endpoint: {e}"));
+            }
+            kind.map(|kind| CredentialSpec::ManagedIdentity {
+                kind,
+                client_id: self.identity_client_id.clone(),
+                endpoint: self.identity_endpoint.clone(),
+            })
+        } else {
+            self.federated_token_file
+                .as_ref()
+                .map(|token_file| CredentialSpec::Federated {
+                    token_file: token_file.clone(),
+                })
+        };
+        match spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ => Err(problems),
+        }
     }
 }
 
@@ -891,6 +1364,97 @@ scope = "https://outlook.office365.com"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
+    }
+
+    #[test]
+    fn a_credential_parses_into_exactly_one_kind_with_every_problem_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "hunter2\r\n").unwrap();
+        let secret = CredentialConfig {
+            secret_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let Ok(CredentialSpec::Secret(source)) = secret.parse() else {
+            panic!("a secret credential");
+        };
+        assert_eq!(source.resolve().unwrap().expose(), "hunter2");
+
+        let two_kinds = CredentialConfig {
+            secret_file: Some(file.clone()),
+            federated_token_file: Some(file.clone()),
+            ..Default::default()
+        };
+        assert!(two_kinds.parse().unwrap_err()[0].contains("exactly one of"));
+
+        // Keys of another kind, a bad algorithm and missing files: all reported at once.
+        let bad = CredentialConfig {
+            certificate_file: Some("/nonexistent/app.crt".into()),
+            key_file: Some("/nonexistent/app.key".into()),
+            algorithm: Some("ES256".into()),
+            identity_client_id: Some("x".into()),
+            pkcs12_password_env: Some("PATH".into()),
+            ..Default::default()
+        };
+        let all = bad.parse().unwrap_err().join("\n");
+        for needle in [
+            "identity_client_id applies only to a managed_identity credential",
+            "pkcs12_password* applies only to a pkcs12_file credential",
+            "algorithm ES256 must be PS256 or RS256",
+            "certificate_file: /nonexistent/app.crt is not a readable file",
+            "key_file: /nonexistent/app.key is not a readable file",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+
+        let pfx = |env: Option<&str>, inline: Option<&str>| CredentialConfig {
+            pkcs12_file: Some(file.clone()),
+            pkcs12_password_env: env.map(str::to_owned),
+            pkcs12_password: inline.map(|s| Secret::new(s.to_owned())),
+            ..Default::default()
+        };
+        assert!(
+            pfx(Some("PATH"), Some("x")).parse().unwrap_err()[0].contains(
+                "at most one of pkcs12_password_file, pkcs12_password_env, pkcs12_password"
+            )
+        );
+        assert!(
+            pfx(Some("EWS_GATEWAY_TEST_UNSET_PFX"), None)
+                .parse()
+                .unwrap_err()[0]
+                .contains("environment variable EWS_GATEWAY_TEST_UNSET_PFX is not set")
+        );
+        let Ok(CredentialSpec::Certificate {
+            source: CertificateSource::Pkcs12 {
+                password: Some(p), ..
+            },
+            algorithm: AssertionAlgorithm::Ps256,
+        }) = pfx(None, Some("pw")).parse()
+        else {
+            panic!("a PKCS#12 credential with an inline password");
+        };
+        assert!(p.is_inline());
+        assert_eq!(format!("{p:?}"), "SecretSource::Inline(..)");
+    }
+
+    #[test]
+    fn tenant_secret_sources_are_one_of_three_and_never_shown() {
+        let users = tempfile::NamedTempFile::new().unwrap();
+        let text = minimal(users.path()).replace(
+            "client_secret = \"x\"",
+            "client_secret = \"hunter2\"\nclient_secret_env = \"PATH\"",
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert!(
+            problems.join("\n").contains(
+                "set at most one of client_secret_file, client_secret_env, client_secret"
+            ),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha1::Digest as _;
 
-use crate::config::{CredentialConfig, Secret, TenantConfig};
+use crate::config::{
+    AssertionAlgorithm, CertificateSource, CredentialSpec, IdentityKind, Secret, SecretSource,
+    TenantConfig,
+};
 
 /// Why a credential cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -218,89 +221,87 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, CredentialError> {
     })
 }
 
-fn load(config: &CredentialConfig) -> Result<Credential, CredentialError> {
-    let algorithm = match config.algorithm.as_deref() {
-        Some("RS256") => Algorithm::RS256,
-        _ => Algorithm::PS256,
-    };
-    if let Some(path) = &config.pkcs12_file {
-        let password = match &config.pkcs12_password_env {
-            Some(var) => std::env::var(var).map_err(|_| {
-                CredentialError::Secret(format!("environment variable {var} is not set"))
-            })?,
-            None => String::new(),
-        };
-        return CertificateCredential::from_pkcs12(&read(path)?, &password, algorithm)
-            .map(|c| Credential::Certificate(Box::new(c)));
+/// Reads a secret from its source; an inline one is accepted with a warning naming `what`.
+fn secret(source: &SecretSource, tenant: &str, what: &str) -> Result<Secret, CredentialError> {
+    if source.is_inline() {
+        tracing::warn!(
+            tenant,
+            "{what} is inline in the configuration file; prefer its _file or _env form"
+        );
     }
-    if let (Some(cert), Some(key)) = (&config.certificate_file, &config.key_file) {
-        return CertificateCredential::from_pem(&read(cert)?, &read(key)?, algorithm)
-            .map(|c| Credential::Certificate(Box::new(c)));
-    }
-    if let Some(path) = &config.federated_token_file {
-        return Ok(Credential::Federated(path.clone()));
-    }
-    if let Some(kind) = &config.managed_identity {
-        let (endpoint, identity_header) = if kind == "app-service" {
-            let endpoint = config
-                .identity_endpoint
-                .clone()
-                .or_else(|| std::env::var("IDENTITY_ENDPOINT").ok())
-                .ok_or_else(|| CredentialError::Secret("IDENTITY_ENDPOINT is not set".into()))?;
-            let header = std::env::var("IDENTITY_HEADER")
-                .map_err(|_| CredentialError::Secret("IDENTITY_HEADER is not set".into()))?;
-            (endpoint, Some(Secret::new(header)))
-        } else {
-            (
-                config
-                    .identity_endpoint
-                    .clone()
-                    .unwrap_or_else(|| IMDS_ENDPOINT.to_owned()),
-                None,
-            )
-        };
-        return Ok(Credential::ManagedIdentity(ManagedIdentity {
+    source
+        .resolve()
+        .map_err(|e| CredentialError::Secret(e.to_string()))
+}
+
+/// Loads one parsed credential: reads its files and environment now.
+fn load(spec: &CredentialSpec, tenant: &str) -> Result<Credential, CredentialError> {
+    match spec {
+        CredentialSpec::Secret(source) => {
+            secret(source, tenant, "a client secret").map(Credential::Secret)
+        }
+        CredentialSpec::Certificate { source, algorithm } => {
+            let algorithm = match algorithm {
+                AssertionAlgorithm::Ps256 => Algorithm::PS256,
+                AssertionAlgorithm::Rs256 => Algorithm::RS256,
+            };
+            let credential = match source {
+                CertificateSource::Pem { certificate, key } => {
+                    CertificateCredential::from_pem(&read(certificate)?, &read(key)?, algorithm)?
+                }
+                CertificateSource::Pkcs12 { file, password } => {
+                    let password = match password {
+                        Some(source) => secret(source, tenant, "a PKCS#12 password")?,
+                        None => Secret::new(String::new()),
+                    };
+                    CertificateCredential::from_pkcs12(&read(file)?, password.expose(), algorithm)?
+                }
+            };
+            Ok(Credential::Certificate(Box::new(credential)))
+        }
+        CredentialSpec::Federated { token_file } => Ok(Credential::Federated(token_file.clone())),
+        CredentialSpec::ManagedIdentity {
+            kind,
+            client_id,
             endpoint,
-            identity_header,
-            client_id: config.identity_client_id.clone(),
-        }));
+        } => {
+            let (endpoint, identity_header) = match kind {
+                IdentityKind::AppService => {
+                    let endpoint = endpoint
+                        .clone()
+                        .or_else(|| std::env::var("IDENTITY_ENDPOINT").ok())
+                        .ok_or_else(|| {
+                            CredentialError::Secret("IDENTITY_ENDPOINT is not set".into())
+                        })?;
+                    let header = std::env::var("IDENTITY_HEADER").map_err(|_| {
+                        CredentialError::Secret("IDENTITY_HEADER is not set".into())
+                    })?;
+                    (endpoint, Some(Secret::new(header)))
+                }
+                IdentityKind::Imds => (
+                    endpoint.clone().unwrap_or_else(|| IMDS_ENDPOINT.to_owned()),
+                    None,
+                ),
+            };
+            Ok(Credential::ManagedIdentity(ManagedIdentity {
+                endpoint,
+                identity_header,
+                client_id: client_id.clone(),
+            }))
+        }
     }
-    if let Some(path) = &config.secret_file {
-        let text = String::from_utf8(read(path)?)
-            .map_err(|_| CredentialError::Secret(format!("{} is not UTF-8", path.display())))?;
-        return Ok(Credential::Secret(Secret::new(
-            text.trim_end_matches(['\r', '\n']).to_owned(),
-        )));
-    }
-    if let Some(var) = &config.secret_env {
-        return std::env::var(var)
-            .map(|v| Credential::Secret(Secret::new(v)))
-            .map_err(|_| {
-                CredentialError::Secret(format!("environment variable {var} is not set"))
-            });
-    }
-    Err(CredentialError::Secret(
-        "the credential names neither a certificate nor a secret".into(),
-    ))
 }
 
 /// Every credential of a tenant, in the order they are tried: the `client_secret*` shorthand
-/// first, then each `[[tenant.credential]]`.
+/// first, then each `[[tenant.credential]]`. Parsing is [`TenantConfig::credential_specs`]'s.
 pub fn tenant_credentials(tenant: &TenantConfig) -> Result<Vec<Credential>, CredentialError> {
-    let mut out = Vec::new();
-    if tenant.client_secret_file.is_some()
-        || tenant.client_secret_env.is_some()
-        || tenant.client_secret.is_some()
-    {
-        let secret = tenant
-            .resolve_secret()
-            .map_err(|e| CredentialError::Secret(e.to_string()))?;
-        out.push(Credential::Secret(secret));
-    }
-    for c in &tenant.credentials {
-        out.push(load(c)?);
-    }
-    Ok(out)
+    let specs = tenant
+        .credential_specs(&format!("tenant {}", tenant.tenant_id))
+        .map_err(|problems| CredentialError::Invalid(problems.join("; ")))?;
+    specs
+        .iter()
+        .map(|spec| load(spec, &tenant.tenant_id))
+        .collect()
 }
 
 #[cfg(test)]

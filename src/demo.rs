@@ -21,6 +21,8 @@ pub struct DemoUser {
     pub may_impersonate: &'static [&'static str],
     /// The EWS operations it may call; empty: no operation list (every operation).
     pub operations: &'static [&'static str],
+    /// Its UPN when it differs from the login (the simulator's seed gives alice one).
+    pub upn: Option<&'static str>,
 }
 
 /// The demo users.
@@ -30,24 +32,28 @@ pub const DEMO_USERS: &[DemoUser] = &[
         password: "alice-demo-pass",
         may_impersonate: &[],
         operations: &[],
+        upn: Some("alice@contoso.onmicrosoft.example"),
     },
     DemoUser {
         name: "bob@contoso.example",
         password: "bob-demo-pass",
         may_impersonate: &[],
         operations: &[],
+        upn: None,
     },
     DemoUser {
         name: "archiver@contoso.example",
         password: "archiver-demo-pass",
         may_impersonate: &["*@contoso.example"],
         operations: &[],
+        upn: None,
     },
     DemoUser {
         name: "scanner@contoso.example",
         password: "scanner-demo-pass",
         may_impersonate: &[],
         operations: &["CreateItem", "SendItem"],
+        upn: None,
     },
 ];
 
@@ -112,6 +118,9 @@ pub fn demo_users_toml() -> Result<String, DemoError> {
             "\n[[user]]\nname = \"{}\"\npassword_hash = \"{hash}\"\nmay_impersonate = [{patterns}]\n",
             user.name
         ));
+        if let Some(upn) = user.upn {
+            text.push_str(&format!("upn = \"{upn}\"\n"));
+        }
         if !user.operations.is_empty() {
             let ops = user
                 .operations
@@ -187,11 +196,14 @@ pub fn gateway_config(
             scope: None,
             ca_file: None,
             refresh_before_expiry_seconds: 300,
+            backend: Default::default(),
         }],
+        routes: Vec::new(),
         limits: LimitsConfig::default(),
         audit: Default::default(),
         admin: Default::default(),
         runtime: Default::default(),
+        graph: Default::default(),
     })
 }
 

@@ -50,6 +50,12 @@ pub enum GatewayError {
         /// The configured limit.
         limit: u64,
     },
+    /// The request body did not arrive in full within `[limits] body_read_timeout_seconds`.
+    #[error("request body not received within {seconds} s")]
+    BodyTimeout {
+        /// The configured timeout.
+        seconds: u64,
+    },
     /// A dependency failed in a way that may pass (outage, timeout, refused connection).
     #[error("{message}")]
     Unavailable {
@@ -88,6 +94,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Refused { .. } => "refused",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::Unavailable { .. } => "unavailable",
             Self::Throttled { .. } => "throttled",
             Self::Misconfigured { .. } => "misconfigured",
@@ -99,6 +106,7 @@ impl GatewayError {
         match self {
             Self::Refused { code, .. } => Some(code),
             Self::PayloadTooLarge { .. } => Some("ErrorMessageSizeExceeded"),
+            Self::BodyTimeout { .. } => Some("ErrorTimeoutExpired"),
             Self::Unavailable { .. } | Self::Throttled { .. } => Some("ErrorServerBusy"),
             Self::Misconfigured { .. } => Some("ErrorInternalServerError"),
             _ => None,
@@ -132,6 +140,19 @@ impl GatewayError {
                 &format!("The request body exceeds the gateway's limit of {limit} bytes."),
                 &[],
             ),
+            Self::BodyTimeout { seconds } => {
+                let mut resp = fault(
+                    "ErrorTimeoutExpired",
+                    &format!(
+                        "The request body did not arrive in full within the gateway's limit of {seconds} s; nothing was completed in Exchange."
+                    ),
+                    &[],
+                );
+                // The rest of the body is never read: the connection cannot carry another request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
             Self::Unavailable {
                 side,
                 message,

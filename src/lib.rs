@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod auth;
 pub mod autodiscover;
+pub mod backend;
 pub mod check;
 pub mod config;
 pub mod credential;
@@ -17,6 +18,8 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod graph;
+pub mod graph_shaping;
+pub mod local;
 pub mod lockout;
 pub mod proxy;
 pub mod report;
@@ -25,9 +28,8 @@ pub mod telemetry;
 pub mod token;
 pub mod tracked;
 pub mod translate;
-pub mod upstream;
 
-pub use ews_gateway_core::{limits, policy, rewrite, soap};
+pub use ews_gateway_core::{canonical, limits, policy, rewrite, soap, wellformed};
 pub use ews_http::{http_util, tls};
 #[cfg(feature = "sim")]
 pub use ews_sim as sim;

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::config::{Secret, SecretSource};
 use tokio::time::Instant;
 
 /// Lockout settings (`[auth.lockout]`).
@@ -91,17 +93,14 @@ impl std::fmt::Debug for RedisUrl {
 /// Errors while setting up the shared store.
 #[derive(Debug, thiserror::Error)]
 pub enum LockoutSetupError {
-    /// The URL file could not be read.
-    #[error("auth.lockout.redis_url_file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
+    /// The URL could not be read from its file or environment variable.
+    #[error("auth.lockout.{key}: {source}")]
+    Secret {
+        /// The key naming the source.
+        key: &'static str,
+        /// Why it could not be read.
+        source: crate::config::SecretError,
     },
-    /// The URL environment variable is not set.
-    #[error("auth.lockout.redis_url_env: environment variable {0} is not set")]
-    Env(String),
     /// The URL is not usable (the URL itself is never repeated: it may hold a password).
     #[error("auth.lockout: the Redis URL is not usable: {0}")]
     Url(String),
@@ -111,29 +110,17 @@ impl LockoutPolicy {
     /// Problems with these settings, for `Config::validate` (reads the URL file or variable).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let sources = [
-            self.redis_url.is_some(),
-            self.redis_url_file.is_some(),
-            self.redis_url_env.is_some(),
-        ]
-        .iter()
-        .filter(|s| **s)
-        .count();
-        if sources > 1 {
-            problems.push(
-                "auth.lockout: set at most one of redis_url, redis_url_file, redis_url_env"
-                    .to_owned(),
-            );
-        } else {
-            match self.resolve_redis_url() {
+        match self.redis_source() {
+            Err(problem) => problems.push(format!("auth.lockout: {problem}")),
+            Ok(source) => match Self::resolve_redis_url(source.as_ref()) {
                 Ok(Some(url)) => {
-                    if let Err(e) = open_client(&url) {
+                    if let Err(e) = open_client(url.expose()) {
                         problems.push(e.to_string());
                     }
                 }
                 Ok(None) => {}
                 Err(e) => problems.push(e.to_string()),
-            }
+            },
         }
         if self.redis_timeout_ms == 0 {
             problems.push("auth.lockout.redis_timeout_ms: must be at least 1".to_owned());
@@ -146,21 +133,41 @@ impl LockoutPolicy {
         problems
     }
 
-    /// The Redis URL from wherever the configuration says it is; `None` without Redis.
-    fn resolve_redis_url(&self) -> Result<Option<String>, LockoutSetupError> {
-        if let Some(path) = &self.redis_url_file {
-            let text = std::fs::read_to_string(path).map_err(|source| LockoutSetupError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
-        }
-        if let Some(var) = &self.redis_url_env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| LockoutSetupError::Env(var.clone()));
-        }
-        Ok(self.redis_url.as_ref().map(|u| u.0.clone()))
+    /// Where the Redis URL is: `redis_url_file`, `redis_url_env` or `redis_url` (at most one).
+    fn redis_source(&self) -> Result<Option<SecretSource>, String> {
+        SecretSource::pick(
+            ["redis_url_file", "redis_url_env", "redis_url"],
+            self.redis_url_file.as_deref(),
+            self.redis_url_env.as_deref(),
+            self.redis_url.as_ref().map(|u| Secret::new(u.0.clone())),
+        )
+    }
+
+    /// The Redis URL read from `source`; `None` without Redis.
+    fn resolve_redis_url(
+        source: Option<&SecretSource>,
+    ) -> Result<Option<Secret>, LockoutSetupError> {
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        let key = match source {
+            SecretSource::File(_) => "redis_url_file",
+            SecretSource::Env(_) => "redis_url_env",
+            SecretSource::Inline(_) => "redis_url",
+        };
+        source
+            .resolve()
+            .map(Some)
+            .map_err(|source| LockoutSetupError::Secret { key, source })
+    }
+
+    /// A client of the configured Redis (URL read from its file or variable now); `None`
+    /// without Redis. Other shared state (the Graph shaper) uses the same Redis.
+    pub fn redis_client(&self) -> Result<Option<redis::Client>, LockoutSetupError> {
+        let source = self.redis_source().map_err(LockoutSetupError::Url)?;
+        Self::resolve_redis_url(source.as_ref())?
+            .map(|url| open_client(url.expose()))
+            .transpose()
     }
 }
 
@@ -545,14 +552,16 @@ impl Lockout {
     /// Tracking as configured: shared through Redis when a Redis URL is set (read from its file
     /// or variable now), else per process. Redis itself is contacted on first use.
     pub fn from_policy(policy: LockoutPolicy) -> Result<Self, LockoutSetupError> {
-        let shared = match policy.resolve_redis_url()? {
+        let source = policy.redis_source().map_err(LockoutSetupError::Url)?;
+        let shared = match LockoutPolicy::resolve_redis_url(source.as_ref())? {
             Some(url) => {
-                if policy.redis_url.is_some() && url_has_password(&url) {
+                let url = url.expose();
+                if policy.redis_url.is_some() && url_has_password(url) {
                     tracing::warn!(
                         "auth.lockout.redis_url holds a password inline in the configuration file; prefer redis_url_file or redis_url_env"
                     );
                 }
-                let client = open_client(&url)?;
+                let client = open_client(url)?;
                 let store = RedisStore::new(
                     client,
                     policy.redis_key_prefix.clone(),

@@ -141,6 +141,10 @@ struct SimArgs {
     /// '{"ews_server_busy_backoff_ms":5000}'.
     #[arg(long)]
     faults: Option<String>,
+    /// EWS is retired (Exchange Online after 2027-04-01): every EWS request gets HTTP 403;
+    /// Graph (`/v1.0/...`) keeps working.
+    #[arg(long)]
+    ews_retired: bool,
 }
 
 /// Log output format.
@@ -412,6 +416,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
     config.token_lifetime = Duration::from_secs(args.token_lifetime);
     config.strict_anchor = !args.lenient_anchor;
     config.streaming_heartbeat = Duration::from_secs(args.heartbeat.max(1));
+    config.ews_retired = args.ews_retired;
     if let Some(faults) = &args.faults {
         config.faults = serde_json::from_str(faults).context("--faults is not valid fault JSON")?;
     }
@@ -446,6 +451,9 @@ fn sim_summary(handle: &sim::SimHandle) -> serde_json::Value {
         "base_url": handle.base_url(),
         "token_url": handle.token_url(&tenant_id),
         "ews_url": handle.ews_url(),
+        "graph_url": handle.graph_url(),
+        "graph_scope": "https://graph.microsoft.com/.default",
+        "ews_retired": handle.state.config.ews_retired,
         "tenant_id": tenant_id,
         "client_id": client_id,
         "client_secret": client_secret,
@@ -469,6 +477,10 @@ fn print_sim_human(
     println!();
     println!("  token endpoint  {}", s("token_url"));
     println!("  EWS endpoint    {}", s("ews_url"));
+    println!(
+        "  Graph base URL  {}   (requests go to .../v1.0/users/{{mailbox}}/...)",
+        s("graph_url")
+    );
     println!("  tenant id       {}", s("tenant_id"));
     println!("  client id       {}", s("client_id"));
     println!(

@@ -534,10 +534,22 @@ impl Report {
 
     /// CSV with a header row: the groups, or the per-principal summary.
     pub fn to_csv(&self, principals: bool) -> String {
-        let mut out = String::new();
         if principals {
-            csv_row(
-                &mut out,
+            let rows = self.principals().into_iter().map(|p| {
+                vec![
+                    p.principal.clone(),
+                    p.requests.to_string(),
+                    p.errors.to_string(),
+                    p.mailboxes.join(" "),
+                    p.operations.join(" "),
+                    rfc3339(p.first_seen),
+                    rfc3339(p.last_seen),
+                    p.bytes_in.to_string(),
+                    p.bytes_out.to_string(),
+                    p.sources.join(" "),
+                ]
+            });
+            return csv_table(
                 &[
                     "principal",
                     "requests",
@@ -550,72 +562,51 @@ impl Report {
                     "bytes_out",
                     "sources",
                 ],
+                rows,
             );
-            for p in self.principals() {
-                csv_row(
-                    &mut out,
-                    &[
-                        &p.principal,
-                        &p.requests.to_string(),
-                        &p.errors.to_string(),
-                        &p.mailboxes.join(" "),
-                        &p.operations.join(" "),
-                        &rfc3339(p.first_seen),
-                        &rfc3339(p.last_seen),
-                        &p.bytes_in.to_string(),
-                        &p.bytes_out.to_string(),
-                        &p.sources.join(" "),
-                    ],
-                );
-            }
-        } else {
-            csv_row(
-                &mut out,
-                &[
-                    "principal",
-                    "mailbox",
-                    "operation",
-                    "requests",
-                    "errors",
-                    "first_seen",
-                    "last_seen",
-                    "bytes_in",
-                    "bytes_out",
-                    "outcomes",
-                ],
-            );
-            for (p, m, o, g) in self.groups() {
-                let outcomes = g
-                    .outcomes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let none_empty = |s: &str| {
-                    if s == NONE {
-                        String::new()
-                    } else {
-                        s.to_owned()
-                    }
-                };
-                csv_row(
-                    &mut out,
-                    &[
-                        p,
-                        &none_empty(m),
-                        &none_empty(o),
-                        &g.requests.to_string(),
-                        &g.errors.to_string(),
-                        &rfc3339(g.first_seen),
-                        &rfc3339(g.last_seen),
-                        &g.bytes_in.to_string(),
-                        &g.bytes_out.to_string(),
-                        &outcomes,
-                    ],
-                );
-            }
         }
-        out
+        let none_empty = |s: &str| {
+            if s == NONE {
+                String::new()
+            } else {
+                s.to_owned()
+            }
+        };
+        let rows = self.groups().map(|(p, m, o, g)| {
+            let outcomes = g
+                .outcomes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                p.to_owned(),
+                none_empty(m),
+                none_empty(o),
+                g.requests.to_string(),
+                g.errors.to_string(),
+                rfc3339(g.first_seen),
+                rfc3339(g.last_seen),
+                g.bytes_in.to_string(),
+                g.bytes_out.to_string(),
+                outcomes,
+            ]
+        });
+        csv_table(
+            &[
+                "principal",
+                "mailbox",
+                "operation",
+                "requests",
+                "errors",
+                "first_seen",
+                "last_seen",
+                "bytes_in",
+                "bytes_out",
+                "outcomes",
+            ],
+            rows,
+        )
     }
 
     /// One JSON object: line counts, the per-principal summary and the groups.
@@ -698,64 +689,50 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
+/// An aligned text table (comfy-table, no borders, two spaces between columns) with cells made
+/// printable; `(none)` under the header when there are no rows.
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| printable(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row.iter().map(|c| printable(c)).collect::<Vec<_>>());
     }
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            text.push_str(cell);
-            let pad = widths
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(cell.chars().count());
-            text.extend(std::iter::repeat_n(' ', pad));
-        }
-        out.push_str(text.trim_end());
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
     }
     if rows.is_empty() {
         out.push_str("(none)\n");
     }
 }
 
-/// One CSV record (RFC 4180): fields with a comma, quote or line break are quoted, quotes
-/// doubled; a field a spreadsheet would run as a formula gets a leading apostrophe.
-fn csv_row(out: &mut String, fields: &[&str]) {
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let mut value = String::new();
+/// CSV (RFC 4180, CRLF, written by the csv crate) of `header` and `rows`; a field a spreadsheet
+/// would run as a formula gets a leading apostrophe (values come from clients' logins).
+fn csv_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let defused = |field: String| {
         if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            value.push('\'');
-        }
-        value.push_str(field);
-        if value.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&value.replace('"', "\"\""));
-            out.push('"');
+            format!("'{field}")
         } else {
-            out.push_str(&value);
+            field
         }
+    };
+    let written = writer.write_record(header).and_then(|()| {
+        let mut rows = rows;
+        rows.try_for_each(|row| writer.write_record(row.into_iter().map(defused)))
+    });
+    match (written, writer.into_inner()) {
+        (Ok(()), Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        // Writing to memory fails only if a record cannot be written at all; say so in the output.
+        _ => "error: the CSV could not be written\r\n".to_owned(),
     }
-    out.push_str("\r\n");
 }
 
 #[cfg(test)]

@@ -21,8 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::http_util::{self, Body, ServeOptions};
 use crate::limits::{MailboxSlots, PrincipalRate};
 use crate::proxy::{self, Gateway};
-use crate::token::{TenantTokens, TokenSource};
-use crate::upstream::EwsPassthrough;
+use crate::token::{Tenant, TokenSource};
 
 /// Errors while starting the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +42,7 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     /// The upstream client could not be built.
     #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamSetupError),
+    Backend(#[from] crate::backend::BackendSetupError),
     /// A token endpoint client could not be built.
     #[error("tenant {tenant}: {message}")]
     TokenClient {
@@ -113,7 +112,7 @@ impl GatewayHandle {
     }
 
     /// The gateway serving requests now.
-    pub fn gateway(&self) -> Arc<Gateway<EwsPassthrough>> {
+    pub fn gateway(&self) -> Arc<Gateway> {
         self.runtime.gateway.load_full()
     }
 
@@ -188,14 +187,14 @@ fn build_tokens(config: &Config) -> Result<TokenSource, StartError> {
         })?;
         tenants.push((
             t.domains.clone(),
-            Arc::new(TenantTokens::new(t, credentials, http)),
+            Arc::new(Tenant::new(t, credentials, http)),
         ));
     }
     Ok(TokenSource::new(tenants))
 }
 
 /// Builds the request-path state from a validated configuration.
-pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartError> {
+pub fn build_gateway(config: &Config) -> Result<Gateway, StartError> {
     build_gateway_after(config, None)
 }
 
@@ -204,17 +203,10 @@ pub fn build_gateway(config: &Config) -> Result<Gateway<EwsPassthrough>, StartEr
 /// flight per mailbox, rate buckets, cached tokens, the audit writer.
 fn build_gateway_after(
     config: &Config,
-    previous: Option<(&Gateway<EwsPassthrough>, &Config, bool)>,
-) -> Result<Gateway<EwsPassthrough>, StartError> {
+    previous: Option<(&Gateway, &Config, bool)>,
+) -> Result<Gateway, StartError> {
     let users = load_users(config)?;
     let upstream_ca = config.upstream.ca_file.as_deref().map(read).transpose()?;
-    let upstream = EwsPassthrough::new(
-        &config.upstream.ews_url,
-        upstream_ca.as_deref(),
-        Duration::from_secs(config.upstream.connect_timeout_seconds),
-        Duration::from_secs(config.upstream.response_timeout_seconds),
-        config.limits.max_body_bytes,
-    )?;
     let limits = &config.limits;
     let same = |f: &dyn Fn(&Config) -> bool| previous.is_some_and(|(_, old, _)| f(old));
     let tokens = match previous {
@@ -223,6 +215,7 @@ fn build_gateway_after(
         }
         _ => Arc::new(build_tokens(config)?),
     };
+    let backends = crate::backend::build(config, Arc::clone(&tokens), upstream_ca.as_deref())?;
     let mailbox_slots = match previous {
         Some((gw, _, _))
             if gw.mailbox_slots.max() == limits.max_concurrent_requests_per_mailbox =>
@@ -267,9 +260,10 @@ fn build_gateway_after(
         lockout,
         public_url: config.listen.public_url.clone(),
         tokens,
-        upstream,
+        backends,
         max_body_bytes: limits.max_body_bytes,
         max_envelope_head_bytes: limits.max_envelope_head_bytes,
+        body_read_timeout: Duration::from_secs(limits.body_read_timeout_seconds),
         mailbox_slots,
         principal_rate,
         audit,
@@ -307,6 +301,7 @@ fn credential_files(config: &Config) -> Vec<&Path> {
             out.extend(c.certificate_file.as_deref());
             out.extend(c.key_file.as_deref());
             out.extend(c.pkcs12_file.as_deref());
+            out.extend(c.pkcs12_password_file.as_deref());
             out.extend(c.secret_file.as_deref());
         }
     }
@@ -317,7 +312,7 @@ fn credential_files(config: &Config) -> Vec<&Path> {
 struct Runtime {
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
-    gateway: ArcSwap<Gateway<EwsPassthrough>>,
+    gateway: ArcSwap<Gateway>,
     tls: Option<Arc<crate::tls::ReloadableCert>>,
     /// Fingerprint of the files behind the current set, and of the credential files alone.
     fingerprint: Mutex<(Vec<u8>, Vec<u8>)>,
@@ -437,7 +432,7 @@ impl Runtime {
         let mut ready = true;
         let mut text = String::new();
         for tenant in gw.tokens.tenants() {
-            let ok = tenant.cached().is_some();
+            let ok = tenant.ews_tokens().cached().is_some();
             ready &= ok;
             text.push_str(&format!(
                 "tenant {}: {}\n",
@@ -455,7 +450,7 @@ impl Runtime {
         let now = tokio::time::Instant::now();
         for tenant in gw.tokens.tenants() {
             let label = tenant.tenant_id.clone();
-            match tenant.cached() {
+            match tenant.ews_tokens().cached() {
                 Some(token) => {
                     metrics::gauge!(crate::telemetry::TOKEN_AGE, "tenant" => label.clone()).set(
                         now.saturating_duration_since(token.obtained_at)
@@ -488,7 +483,11 @@ async fn housekeeping(runtime: Arc<Runtime>, stop: CancellationToken) {
         }
         let gw = runtime.gateway.load_full();
         for tenant in gw.tokens.tenants() {
-            let _ = tenant.get().await;
+            // The Exchange token always (readiness means it), and every other resource in use.
+            let _ = tenant.ews_tokens().get().await;
+            for tokens in tenant.token_states() {
+                let _ = tokens.get().await;
+            }
         }
         ticks += 1;
         if ticks.is_multiple_of(12) {

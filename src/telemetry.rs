@@ -140,6 +140,7 @@ fn describe() {
         AUDIT_DROPPED,
         "Audit lines dropped because the writer fell behind."
     );
+    crate::graph_shaping::describe_metrics();
 }
 
 /// The operation label: a known EWS operation, an Autodiscover flavour, `-` or `other`.

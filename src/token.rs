@@ -1,11 +1,16 @@
-//! App-only access tokens from Microsoft Entra ID (client-credentials grant), per tenant.
+//! App-only access tokens from Microsoft Entra ID (client-credentials grant), per tenant and
+//! resource.
 //!
-//! Owns the token lifecycle: one cached token per tenant, refreshed in the background when it
-//! nears expiry (a request never waits on Entra while a valid token exists), at most one token
-//! request in flight per tenant (concurrent misses share it), failures remembered with an
-//! exponential back-off so an Entra outage is not hammered, and invalidation when Exchange says a
-//! token is bad. Free of hyper types; the Entra client is reqwest over rustls.
+//! Owns the token lifecycle. [`TokenSource`] is the one place backends get tokens: it knows the
+//! tenants ([`Tenant`]), and each tenant keeps one [`TenantTokens`] per resource (Exchange
+//! Online's EWS, Microsoft Graph, an on-premises Exchange), created on first use from the same
+//! app credentials. Each keeps one cached token, refreshed in the background when it nears expiry
+//! (a request never waits on Entra while a valid token exists), at most one token request in
+//! flight (concurrent misses share it), failures remembered with an exponential back-off so an
+//! Entra outage is not hammered, and invalidation when the resource says a token is bad. Free of
+//! hyper types; the Entra client is reqwest over rustls.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -206,7 +211,7 @@ struct Failure {
     streak: u32,
 }
 
-/// Token state for one tenant.
+/// Token state for one tenant and one resource.
 pub struct TenantTokens {
     /// Tenant id or domain, as configured.
     pub tenant_id: String,
@@ -269,29 +274,6 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 }
 
 impl TenantTokens {
-    /// Token state for a configured tenant with its loaded credentials (tried in order).
-    pub fn new(config: &TenantConfig, credentials: Vec<Credential>, http: reqwest::Client) -> Self {
-        let authority = config.authority();
-        let authority = authority.trim_end_matches('/');
-        let endpoint = EntraEndpoint {
-            http,
-            token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
-            client_id: config.client_id.clone(),
-            credentials,
-            preferred: std::sync::atomic::AtomicUsize::new(0),
-            scope: config.scope(),
-        };
-        let mut tokens = Self::with_endpoint(
-            &config.tenant_id,
-            Box::new(endpoint),
-            Duration::from_secs(config.refresh_before_expiry_seconds),
-        );
-        tokens.client_id = config.client_id.clone();
-        tokens.scope = config.scope();
-        tokens.ews_url = config.ews_url_override().and_then(|u| u.parse().ok());
-        tokens
-    }
-
     /// Token state around any token endpoint (tests use a fake one under paused time).
     pub fn with_endpoint(
         tenant_id: &str,
@@ -673,20 +655,159 @@ fn with_jitter(backoff: Duration, unit: f64) -> Duration {
     backoff.mul_f64(0.75 + 0.25 * unit.clamp(0.0, 1.0))
 }
 
-/// All tenants' token state, and which tenant serves which mailbox.
+/// Makes the token endpoint of one resource (scope) of a tenant's app.
+pub type EndpointFactory = Box<dyn Fn(&str) -> Box<dyn TokenEndpoint> + Send + Sync>;
+
+/// The client-credentials grant of one configured app, for any resource.
+struct EntraFactory {
+    http: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    credentials: Arc<[Credential]>,
+}
+
+impl EntraFactory {
+    fn new(config: &TenantConfig, credentials: Vec<Credential>, http: reqwest::Client) -> Self {
+        let authority = config.authority();
+        let authority = authority.trim_end_matches('/');
+        Self {
+            http,
+            token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
+            client_id: config.client_id.clone(),
+            credentials: credentials.into(),
+        }
+    }
+
+    fn endpoint(&self, scope: &str) -> Box<dyn TokenEndpoint> {
+        Box::new(EntraEndpoint {
+            http: self.http.clone(),
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            credentials: self.credentials.to_vec(),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+            scope: scope.to_owned(),
+        })
+    }
+}
+
+/// One tenant: its app, the resources its cloud offers, and a token state per resource in use.
+pub struct Tenant {
+    /// Tenant id or domain, as configured.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// The Exchange Online (EWS) scope: configured, else the cloud's.
+    pub ews_scope: String,
+    /// The Microsoft Graph scope of the tenant's cloud.
+    pub graph_scope: String,
+    /// This tenant's EWS endpoint when it is not the gateway's default (other cloud, on-premises).
+    pub ews_url: Option<http::Uri>,
+    endpoints: EndpointFactory,
+    refresh_margin: Duration,
+    by_scope: std::sync::RwLock<HashMap<String, Arc<TenantTokens>>>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tenant {
+    /// A configured tenant with its loaded credentials (tried in order).
+    pub fn new(config: &TenantConfig, credentials: Vec<Credential>, http: reqwest::Client) -> Self {
+        let factory = EntraFactory::new(config, credentials, http);
+        let mut tenant = Self::with_endpoints(
+            &config.tenant_id,
+            Box::new(move |scope: &str| factory.endpoint(scope)),
+            Duration::from_secs(config.refresh_before_expiry_seconds),
+        );
+        tenant.client_id = config.client_id.clone();
+        tenant.ews_scope = config.scope();
+        tenant.graph_scope = format!("{}/.default", config.cloud.graph_resource());
+        tenant.ews_url = config.ews_url_override().and_then(|u| u.parse().ok());
+        tenant
+    }
+
+    /// A tenant around any token endpoints (tests use fakes under paused time).
+    pub fn with_endpoints(
+        tenant_id: &str,
+        endpoints: EndpointFactory,
+        refresh_margin: Duration,
+    ) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            client_id: String::new(),
+            ews_scope: "https://outlook.office365.com/.default".to_owned(),
+            graph_scope: "https://graph.microsoft.com/.default".to_owned(),
+            ews_url: None,
+            endpoints,
+            refresh_margin,
+            by_scope: std::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The token state of `scope`, made on first use (so a resource no backend uses never costs
+    /// a token request).
+    pub fn tokens(&self, scope: &str) -> Arc<TenantTokens> {
+        if let Ok(map) = self.by_scope.read()
+            && let Some(tokens) = map.get(scope)
+        {
+            return Arc::clone(tokens);
+        }
+        let Ok(mut map) = self.by_scope.write() else {
+            // A poisoned map: serve from a fresh state rather than fail the request.
+            return Arc::new(self.make(scope));
+        };
+        Arc::clone(
+            map.entry(scope.to_owned())
+                .or_insert_with(|| Arc::new(self.make(scope))),
+        )
+    }
+
+    /// The token state of the tenant's Exchange Online (EWS) resource.
+    pub fn ews_tokens(&self) -> Arc<TenantTokens> {
+        self.tokens(&self.ews_scope)
+    }
+
+    /// Token states made so far, by scope.
+    pub fn token_states(&self) -> Vec<Arc<TenantTokens>> {
+        self.by_scope
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn make(&self, scope: &str) -> TenantTokens {
+        let mut tokens = TenantTokens::with_endpoint(
+            &self.tenant_id,
+            (self.endpoints)(scope),
+            self.refresh_margin,
+        );
+        tokens.client_id = self.client_id.clone();
+        tokens.scope = scope.to_owned();
+        tokens.ews_url = self.ews_url.clone();
+        tokens
+    }
+}
+
+/// All tenants, and which tenant serves which mailbox: where every backend gets its tokens, by
+/// (tenant, resource).
 #[derive(Debug)]
 pub struct TokenSource {
-    tenants: Vec<(Vec<String>, Arc<TenantTokens>)>,
+    tenants: Vec<(Vec<String>, Arc<Tenant>)>,
 }
 
 impl TokenSource {
     /// One entry per configured tenant, with the domains it serves.
-    pub fn new(tenants: Vec<(Vec<String>, Arc<TenantTokens>)>) -> Self {
+    pub fn new(tenants: Vec<(Vec<String>, Arc<Tenant>)>) -> Self {
         Self { tenants }
     }
 
     /// The tenant serving `mailbox`: the one listing its domain, or the only tenant.
-    pub fn for_mailbox(&self, mailbox: &str) -> Option<&Arc<TenantTokens>> {
+    pub fn for_mailbox(&self, mailbox: &str) -> Option<&Arc<Tenant>> {
         let domain = mailbox.rsplit_once('@').map(|(_, d)| d)?;
         if let Some((_, t)) = self
             .tenants
@@ -701,8 +822,14 @@ impl TokenSource {
         }
     }
 
+    /// The tenant with this id, as configured.
+    pub fn by_id(&self, tenant_id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants()
+            .find(|t| t.tenant_id.eq_ignore_ascii_case(tenant_id))
+    }
+
     /// Every tenant.
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantTokens>> {
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.iter().map(|(_, t)| t)
     }
 }
@@ -816,7 +943,7 @@ mod tests {
                     .unwrap();
                     (
                         ds.iter().map(|d| d.to_string()).collect(),
-                        Arc::new(TenantTokens::new(&cfg, Vec::new(), http.clone())),
+                        Arc::new(Tenant::new(&cfg, Vec::new(), http.clone())),
                     )
                 })
                 .collect(),

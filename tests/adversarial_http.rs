@@ -11,6 +11,7 @@ mod harness;
 
 use base64::Engine;
 use common::*;
+use ews_gateway::sim::LoggedRequest;
 use harness::*;
 
 /// A service account whose password contains colons, acting as alice's mailbox.
@@ -497,6 +498,163 @@ fn header_cases() -> Vec<Case> {
     ]
 }
 
+/// What reached Exchange is framed canonically: one `Content-Type: text/xml; charset=utf-8`
+/// and no SOAPAction, whatever the client sent.
+fn canonical_framing(r: &LoggedRequest) -> Result<(), String> {
+    as_alice_check(r)?;
+    let ct = r.header_all("content-type");
+    if ct != ["text/xml; charset=utf-8"] {
+        return Err(format!("content-type upstream: {ct:?}"));
+    }
+    no_header(r, "soapaction")
+}
+
+/// Issue 12: the client's Content-Type, Content-Encoding and SOAPAction must agree with the
+/// envelope the gateway read, and are replaced by the canonical framing.
+fn content_type_cases() -> Vec<Case> {
+    let body = ews();
+    let a = auth_line();
+    // `headers`: every header line after Host and Authorization (Content-Type included or not).
+    let post = |headers: &str| {
+        raw(
+            &format!(
+                "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: gw\r\n{a}\r\n{headers}Content-Length: {}\r\nConnection: close",
+                body.len()
+            ),
+            &body,
+        )
+    };
+    let action = |op: &str| {
+        format!(
+            "SOAPAction: \"http://schemas.microsoft.com/exchange/services/2006/messages/{op}\"\r\n"
+        )
+    };
+    const INV: &str = "ErrorInvalidRequest";
+    let soap12 = format!(
+        "<e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:m=\"{M}\" xmlns:t=\"{T}\"><e:Header>{}</e:Header><e:Body>{}</e:Body></e:Envelope>",
+        version_header(),
+        find_inbox()
+    );
+    vec![
+        c(
+            "charset_utf7",
+            post("Content-Type: text/xml; charset=utf-7\r\n"),
+            Expect::Fault(INV, "utf-7"),
+        ),
+        c(
+            "charset_latin1",
+            post("Content-Type: text/xml; charset=iso-8859-1\r\n"),
+            Expect::Fault(INV, "only utf-8"),
+        ),
+        c(
+            "charset_utf16_label_on_utf8_body",
+            post("Content-Type: text/xml; charset=utf-16\r\n"),
+            Expect::Fault(INV, "only utf-8"),
+        ),
+        c(
+            "two_content_type_headers",
+            post(
+                "Content-Type: text/xml; charset=utf-8\r\nContent-Type: text/xml; charset=utf-7\r\n",
+            ),
+            Expect::Fault(INV, "more than one Content-Type"),
+        ),
+        c(
+            "two_charset_parameters",
+            post("Content-Type: text/xml; charset=utf-8; charset=utf-7\r\n"),
+            Expect::Fault(INV, "charset"),
+        ),
+        c(
+            "mtom_multipart_related",
+            post(
+                "Content-Type: multipart/related; type=\"application/xop+xml\"; boundary=\"b\"; start-info=\"text/xml\"\r\n",
+            ),
+            Expect::Fault(INV, "MTOM"),
+        ),
+        c(
+            "soap12_media_type_on_soap11_envelope",
+            post("Content-Type: application/soap+xml; charset=utf-8\r\n"),
+            Expect::Fault(INV, "media type"),
+        ),
+        c(
+            "text_plain",
+            post("Content-Type: text/plain; charset=utf-8\r\n"),
+            Expect::Fault(INV, "media type"),
+        ),
+        c(
+            "unknown_parameter",
+            post("Content-Type: text/xml; charset=utf-8; boundary=x\r\n"),
+            Expect::Fault(INV, "boundary"),
+        ),
+        c(
+            "gzip_request_body",
+            post("Content-Type: text/xml; charset=utf-8\r\nContent-Encoding: gzip\r\n"),
+            Expect::Fault(INV, "Content-Encoding"),
+        ),
+        c(
+            "no_content_type_is_labelled_utf8",
+            post(""),
+            Expect::Forwarded(canonical_framing),
+        ),
+        c(
+            "upper_case_quoted_charset_is_canonicalised",
+            post("Content-Type: TEXT/XML;charset=\"UTF-8\"\r\n"),
+            Expect::Forwarded(canonical_framing),
+        ),
+        c(
+            "soap_action_naming_another_operation",
+            post(&format!(
+                "Content-Type: text/xml; charset=utf-8\r\n{}",
+                action("DeleteItem")
+            )),
+            Expect::Fault(INV, "does not match its operation FindItem"),
+        ),
+        c(
+            "soap_action_bare_operation_name",
+            post("Content-Type: text/xml; charset=utf-8\r\nSOAPAction: FindItem\r\n"),
+            Expect::Fault(INV, "does not match"),
+        ),
+        c(
+            "two_soap_actions",
+            post(&format!(
+                "Content-Type: text/xml; charset=utf-8\r\n{}{}",
+                action("FindItem"),
+                action("DeleteItem")
+            )),
+            Expect::Fault(INV, "more than one SOAPAction"),
+        ),
+        c(
+            "matching_soap_action_is_checked_and_dropped",
+            post(&format!(
+                "Content-Type: text/xml; charset=utf-8\r\n{}",
+                action("FindItem")
+            )),
+            Expect::Forwarded(canonical_framing),
+        ),
+        c(
+            "soap12_envelope_as_soap12_media_type",
+            raw(
+                &format!(
+                    "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: gw\r\n{a}\r\nContent-Type: application/soap+xml; charset=utf-8; action=\"http://schemas.microsoft.com/exchange/services/2006/messages/FindItem\"\r\nContent-Length: {}\r\nConnection: close",
+                    soap12.len()
+                ),
+                soap12.as_bytes(),
+            ),
+            Expect::ForwardedAny(|r| {
+                as_alice_check(r)?;
+                match r.header_all("content-type")[..] {
+                    ["application/soap+xml; charset=utf-8"] => Ok(()),
+                    ref other => Err(format!("{other:?}")),
+                }
+            }),
+        ),
+        c(
+            "empty_soap_action_is_dropped",
+            post("Content-Type: text/xml; charset=utf-8\r\nSOAPAction: \"\"\r\n"),
+            Expect::Forwarded(canonical_framing),
+        ),
+    ]
+}
+
 fn basic_cases() -> Vec<Case> {
     let body = ews();
     let with_auth = |value: &str| http_post("/EWS/Exchange.asmx", Some(value), "", &body);
@@ -663,6 +821,7 @@ async fn adversarial_http_requests() {
     cases.extend(path_cases());
     cases.extend(header_cases());
     cases.extend(basic_cases());
+    cases.extend(content_type_cases());
     assert!(cases.len() >= 70, "{} cases", cases.len());
     run(&demo, cases).await;
     demo.stop().await;

@@ -258,13 +258,16 @@ fn namespace_cases() -> Vec<Case> {
             Expect::Fault(SCHEMA, "unexpected element"),
         ),
         c(
-            "soap12_envelope_own_mailbox",
+            "soap12_envelope_sent_as_text_xml",
             as_alice(format!(
                 "<e:Envelope xmlns:e=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:m=\"{M}\" xmlns:t=\"{T}\"><e:Header>{}</e:Header><e:Body>{}</e:Body></e:Envelope>",
                 version_header(),
                 find_inbox()
             )),
-            Expect::ForwardedAny(as_alice_check),
+            Expect::Fault(
+                INV,
+                "SOAP 1.2 envelope must be sent as application/soap+xml",
+            ),
         ),
         c(
             "unbound_prefix_in_header",
@@ -542,6 +545,106 @@ fn markup_cases() -> Vec<Case> {
     ]
 }
 
+/// Issue 12: every XML 1.0 well-formedness rule the head scan reads is enforced, so a strict
+/// parser (Exchange's) never reads the head differently from the gateway.
+fn wellformedness_cases() -> Vec<Case> {
+    let rsv = version_header();
+    let wf = |name, header: String| {
+        c(
+            name,
+            as_alice(doc("", &header)),
+            Expect::Fault(INV, "well-formed"),
+        )
+    };
+    vec![
+        wf("control_character_in_header_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">a\u{1}b</x:T>")),
+        wf("control_character_in_address", imp("SmtpAddress", "alice@contoso.example\u{8}")),
+        wf("character_reference_to_a_control", format!("{rsv}<x:T xmlns:x=\"urn:x\">&#1;</x:T>")),
+        wf("u_fffe_in_header_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">\u{FFFE}</x:T>")),
+        wf("u_ffff_reference_in_attribute", format!("{rsv}<x:T xmlns:x=\"urn:x\" a=\"&#xFFFF;\"/>")),
+        wf("lt_in_attribute_value", "<t:RequestServerVersion Version=\"Exchange2016\" x=\"a<b\"/>".to_owned()),
+        wf("cdata_end_in_text", format!("{rsv}<x:T xmlns:x=\"urn:x\">a]]>b</x:T>")),
+        wf(
+            "duplicate_expanded_attribute_names",
+            "<t:RequestServerVersion xmlns:a=\"urn:x\" xmlns:b=\"urn:x\" a:v=\"1\" b:v=\"2\" Version=\"Exchange2016\"/>".to_owned(),
+        ),
+        wf("empty_prefixed_namespace_declaration", format!("{rsv}<x:T xmlns:x=\"urn:x\"><x:U xmlns:x=\"\"/></x:T>")),
+        wf("xml_prefix_rebound", format!("{rsv}<x:T xmlns:x=\"urn:x\" xmlns:xml=\"urn:y\"/>")),
+        wf("upper_case_xml_pi", format!("<?XML version=\"1.0\"?>{rsv}")),
+        wf("character_reference_inside_an_element_name", format!("{rsv}<x&#x3A;T xmlns:x=\"urn:x\"/>")),
+        wf("attributes_without_whitespace", "<t:RequestServerVersion Version=\"Exchange2016\"x=\"1\"/>".to_owned()),
+        wf("qname_with_two_colons", format!("{rsv}<x:y:T xmlns:x=\"urn:x\"/>")),
+        c(
+            "declaration_with_encoding_before_version",
+            as_alice(doc("<?xml encoding=\"utf-8\" version=\"1.0\"?>", rsv)),
+            Expect::Fault(INV, "XML declaration"),
+        ),
+        c(
+            "control_character_in_a_comment_before_the_envelope",
+            as_alice(doc("<!-- \u{1b}[2J -->", rsv)),
+            Expect::Fault(INV, "U+001B"),
+        ),
+    ]
+}
+
+/// Issue 12: the identity Exchange acts on is the one policy checked. Whatever ConnectingSID
+/// form the client used, one `PrimarySmtpAddress` of the decided mailbox goes upstream
+/// (`acts_as` refuses any other form); a real UPN maps through the users file.
+fn identity_form_cases() -> Vec<Case> {
+    vec![
+        c(
+            "smtp_address_form_becomes_primary",
+            as_archiver(doc("", &imp("SmtpAddress", "alice@contoso.example"))),
+            Expect::Forwarded(|r| acts_as(r, "alice@contoso.example")),
+        ),
+        c(
+            "principal_name_in_address_form_becomes_primary",
+            as_archiver(doc("", &imp("PrincipalName", "bob@contoso.example"))),
+            Expect::Forwarded(|r| acts_as(r, "bob@contoso.example")),
+        ),
+        c(
+            "own_real_upn_is_mapped_to_own_mailbox",
+            as_alice(doc(
+                "",
+                &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+            )),
+            Expect::Forwarded(as_alice_check),
+        ),
+        c(
+            "archiver_by_alices_upn_acts_as_alice",
+            as_archiver(doc(
+                "",
+                &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+            )),
+            Expect::Forwarded(|r| acts_as(r, "alice@contoso.example")),
+        ),
+        c(
+            "bob_by_alices_upn_is_denied_naming_the_mailbox",
+            http_post(
+                "/EWS/Exchange.asmx",
+                Some(&basic(BOB.0, BOB.1)),
+                "",
+                doc(
+                    "",
+                    &imp("PrincipalName", "alice@contoso.onmicrosoft.example"),
+                )
+                .as_bytes(),
+            ),
+            Expect::Fault(DENIED, "mailbox alice@contoso.example"),
+        ),
+        c(
+            "login_with_the_real_upn",
+            http_post(
+                "/EWS/Exchange.asmx",
+                Some(&basic("alice@contoso.onmicrosoft.example", ALICE.1)),
+                "",
+                doc("", version_header()).as_bytes(),
+            ),
+            Expect::Forwarded(as_alice_check),
+        ),
+    ]
+}
+
 fn encoding_cases() -> Vec<Case> {
     let plain = with_header(version_header());
     let undeclared = plain.replacen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n", "", 1);
@@ -747,6 +850,8 @@ async fn adversarial_envelopes() {
     cases.extend(placement_cases());
     cases.extend(markup_cases());
     cases.extend(encoding_cases());
+    cases.extend(wellformedness_cases());
+    cases.extend(identity_form_cases());
     cases.extend(size_cases());
     cases.extend(privileged_cases());
     assert!(cases.len() >= 80, "{} cases", cases.len());

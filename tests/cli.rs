@@ -89,6 +89,65 @@ async fn sim_json_gives_what_a_script_needs_to_get_a_token_and_call_ews() {
     );
 }
 
+#[tokio::test]
+async fn sim_ews_retired_refuses_ews_and_serves_graph() {
+    let mut child = Command::new(BIN)
+        .args(["sim", "--json", "--ews-retired", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_stdout_line(&mut child, "token_url");
+    let _guard = Killed(child);
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(info["ews_retired"], true, "{line}");
+    let http = reqwest::Client::new();
+    let token = |scope: &'static str| {
+        http.post(info["token_url"].as_str().unwrap()).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", info["client_id"].as_str().unwrap()),
+            ("client_secret", info["client_secret"].as_str().unwrap()),
+            ("scope", scope),
+        ])
+    };
+    let ews: serde_json::Value = token("https://outlook.office365.com/.default")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http
+        .post(info["ews_url"].as_str().unwrap())
+        .bearer_auth(ews["access_token"].as_str().unwrap())
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body("<x/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert_eq!(info["graph_scope"], "https://graph.microsoft.com/.default");
+    let graph: serde_json::Value = token("https://graph.microsoft.com/.default")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http
+        .get(format!(
+            "{}/v1.0/users/alice@contoso.example/mailFolders/inbox",
+            info["graph_url"].as_str().unwrap()
+        ))
+        .bearer_auth(graph["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let folder: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(folder["displayName"], "Inbox");
+}
+
 #[test]
 fn hash_password_reads_stdin_and_prints_a_verifiable_argon2id_hash() {
     let mut child = Command::new(BIN)

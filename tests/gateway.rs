@@ -95,7 +95,10 @@ async fn own_mailbox_request_reaches_exchange_with_bearer_anchor_and_injected_im
         Some("alice@contoso.example")
     );
     let upstream = String::from_utf8(seen.body.to_vec()).unwrap();
-    let ours = injected(ConnectingSidKind::SmtpAddress, "alice@contoso.example");
+    let ours = injected(
+        ConnectingSidKind::PrimarySmtpAddress,
+        "alice@contoso.example",
+    );
     assert_eq!(upstream.matches(&ours).count(), 1, "{upstream}");
     assert_eq!(
         upstream.replacen(&ours, "", 1),
@@ -153,14 +156,14 @@ async fn alice_reaching_bobs_folder_through_mailbox_element_gets_exchanges_acces
     assert_eq!(ews.len(), 1);
     let upstream = String::from_utf8(ews[0].body.to_vec()).unwrap();
     assert!(upstream.contains(&injected(
-        ConnectingSidKind::SmtpAddress,
+        ConnectingSidKind::PrimarySmtpAddress,
         "alice@contoso.example"
     )));
     demo.stop().await;
 }
 
 #[tokio::test]
-async fn archiver_may_impersonate_alice_and_the_clients_form_is_kept() {
+async fn archiver_may_impersonate_alice_as_one_primary_smtp_address() {
     let demo = start_demo().await;
     let header = format!(
         "{}{}",
@@ -203,7 +206,7 @@ async fn envelope_without_header_gets_one() {
     assert!(reply.body.contains("Welcome, Bob"));
     let upstream = String::from_utf8(demo.sim.ews_requests()[0].body.to_vec()).unwrap();
     assert!(upstream.contains(&injected(
-        ConnectingSidKind::SmtpAddress,
+        ConnectingSidKind::PrimarySmtpAddress,
         "bob@contoso.example"
     )));
     demo.stop().await;

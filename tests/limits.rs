@@ -1,6 +1,7 @@
 //! Connection-level resource limits (`[limits]`): header count and size, concurrent
 //! connections, the first-head timeout (slowloris), the keep-alive idle timeout (which must not
-//! cut a streaming response), and the request body size with Content-Length and chunked.
+//! cut a streaming response), the request body size with Content-Length and chunked, and the
+//! body-read timeout (a trickled body is cut and its upstream request aborted).
 //! Malformed or slow requests are written by hand on a TCP stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -333,6 +334,92 @@ async fn a_chunked_body_over_max_body_bytes_never_reaches_exchange_whole() {
     demo.stop().await;
 }
 
+#[tokio::test]
+async fn a_trickled_body_is_cut_at_body_read_timeout_and_the_upstream_request_is_aborted() {
+    // A stand-in Exchange that records what arrives on its one connection and how it ended: the
+    // simulator would wait for the whole body, so only a raw listener shows the abort itself.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/EWS/Exchange.asmx",
+        upstream.local_addr().unwrap()
+    );
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => break "eof",
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break "reset",
+            }
+        };
+        let _ = seen_tx.send((got, ended));
+    });
+    let demo = start_demo_tuned(
+        |c| {
+            c.limits.body_read_timeout_seconds = 2;
+            c.upstream.ews_url = url.clone();
+        },
+        "",
+    )
+    .await;
+    let auth = basic(ALICE);
+    // The envelope head is complete, so forwarding starts; the rest never comes but a byte a second.
+    let first = format!(
+        "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"{SOAP}\" xmlns:m=\"{M}\" xmlns:t=\"{T}\"><s:Header>{}</s:Header><s:Body><m:FindItem Traversal=\"Shallow\">",
+        version_header()
+    );
+    let head = format!(
+        "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{first}",
+        first.len() + 1000
+    );
+    let s = TcpStream::connect(demo.gateway.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), rd.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(closed, "the gateway must close the connection: {text}");
+    assert_eq!(raw_status(&answer), Some(500), "{text}");
+    assert!(text.contains("ErrorTimeoutExpired"), "{text}");
+    assert!(text.contains("limit of 2 s"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "cut early: {elapsed:?}"
+    );
+    // The upstream request had started (the head was forwarded) and was aborted: its connection
+    // was closed with the body incomplete, not left open waiting for the rest.
+    let (got, ended) = tokio::time::timeout(Duration::from_secs(5), seen_rx)
+        .await
+        .expect("the upstream connection was left open")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("POST /EWS/Exchange.asmx"), "{got}");
+    assert!(got.contains("ExchangeImpersonation"), "{got}");
+    assert!(!got.contains("</s:Envelope>"), "{got}");
+    assert!(["eof", "reset"].contains(&ended));
+    trickle.abort();
+    demo.stop().await;
+}
+
 #[test]
 fn limits_must_be_positive() {
     let users = tempfile::NamedTempFile::new().unwrap();
@@ -351,6 +438,7 @@ client_secret_env = "PATH"
 [limits]
 max_connections = 0
 idle_timeout_seconds = 0
+body_read_timeout_seconds = 0
 max_header_count = 0
 max_header_bytes = 100
 "#,
@@ -361,6 +449,7 @@ max_header_bytes = 100
     for key in [
         "limits.max_connections",
         "limits.idle_timeout_seconds",
+        "limits.body_read_timeout_seconds",
         "limits.max_header_count",
         "limits.max_header_bytes",
     ] {

@@ -296,7 +296,7 @@ async fn malformed_tenant_identifier_is_900023() {
 #[tokio::test]
 async fn unknown_app_is_700016_unauthorized_client() {
     let h = sim().await;
-    let app = "99999999-2222-4333-8444-555555555555";
+    let app = "12345678-2222-4333-8444-555555555555";
     let a = post_form(&h.token_url(TENANT_ID), &secret_form(app, GATEWAY_SECRET)).await;
     let d = assert_aadsts(&a, StatusCode::BAD_REQUEST, "unauthorized_client", 700_016);
     assert!(
@@ -397,7 +397,7 @@ async fn scope_for_unknown_resource_is_500011() {
     let h = sim().await;
     for scope in [
         "https://outlook.office365.com/ews/Exchange.asmx/.default",
-        "https://graph.microsoft.com/.default",
+        "https://management.azure.com/.default",
     ] {
         let mut form = secret_form(GATEWAY_APP, GATEWAY_SECRET);
         form[1] = ("scope", scope);
@@ -705,7 +705,7 @@ async fn assertion_with_unknown_thumbprint_is_700027_key_not_found() {
     );
     let a = post_assertion(&h.token_url(TENANT_ID), &jwt).await;
     let d = assert_aadsts(&a, StatusCode::UNAUTHORIZED, "invalid_client", 700_027);
-    let thumb = ews_gateway::sim::hex(&Sha1::digest(&unregistered.der)).to_ascii_uppercase();
+    let thumb = hex::encode_upper(Sha1::digest(&unregistered.der));
     assert!(d.contains("[Reason - The key was not found."), "{d}");
     assert!(d.contains(&thumb), "{d}");
 }

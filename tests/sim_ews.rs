@@ -885,6 +885,7 @@ async fn streaming_ends_with_closed_at_the_connection_timeout() {
         tenant,
         acting,
         server_version: "Exchange2016".into(),
+        app_id: "11111111-2222-4333-8444-555555555555".into(),
     };
     let parse = |x: &str| {
         sim::xml::parse(format!("<m:X xmlns:m=\"{M}\" xmlns:t=\"{T}\">{x}</m:X>").as_bytes())

@@ -35,6 +35,7 @@ fn ctx(state: &SimState, who: &str) -> OpContext {
         tenant,
         acting,
         server_version: "Exchange2016".to_owned(),
+        app_id: "11111111-2222-4333-8444-555555555555".to_owned(),
     }
 }
 
@@ -1224,10 +1225,18 @@ async fn streaming_refuses_unknown_foreign_and_bad_timeouts() {
     assert_eq!(msg.attr("ResponseClass"), Some("Error"));
     assert_eq!(code(msg), "ErrorInvalidSubscription");
     assert_eq!(text(msg, "ConnectionStatus"), "Closed");
-    // A subscription belongs to the mailbox that created it.
-    let r = call(s, ALICE, r#"<m:Subscribe><m:StreamingSubscriptionRequest SubscribeToAllFolders="true"><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#).await;
+    // A subscription belongs to the app that created it, as in Exchange: another app is
+    // refused, another mailbox through the same app is not (the gateway's binding is what
+    // keeps principals apart).
+    let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest SubscribeToAllFolders="true"><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    let r = call(s, ALICE, subscribe).await;
     let sub = text(&r, "SubscriptionId");
-    let OpOutcome::Stream(stream) = outcome(s, BOB, &gse(&sub, "5")).await else {
+    let other_app = OpContext {
+        app_id: "44444444-2222-4333-8444-555555555555".to_owned(),
+        ..ctx(s, ALICE)
+    };
+    let OpOutcome::Stream(stream) = ops::dispatch(s, other_app, &op_of(&gse(&sub, "5"))).await
+    else {
         panic!("expected a stream");
     };
     let frames = frames_text(&stream.collect::<Vec<_>>().await);
@@ -1235,6 +1244,10 @@ async fn streaming_refuses_unknown_foreign_and_bad_timeouts() {
         code(single(&parse_frame(&frames[0]))),
         "ErrorSubscriptionAccessDenied"
     );
+    let second = text(&call(s, ALICE, subscribe).await, "SubscriptionId");
+    let unsub_second =
+        format!(r#"<m:Unsubscribe><m:SubscriptionId>{second}</m:SubscriptionId></m:Unsubscribe>"#);
+    assert_eq!(code(single(&call(s, BOB, &unsub_second).await)), "NoError");
     for bad in ["0", "31", "x"] {
         assert_eq!(
             fault_code(s, ALICE, &gse(&sub, bad)).await,
@@ -1247,10 +1260,14 @@ async fn streaming_refuses_unknown_foreign_and_bad_timeouts() {
     };
     let unsub =
         format!(r#"<m:Unsubscribe><m:SubscriptionId>{sub}</m:SubscriptionId></m:Unsubscribe>"#);
-    assert_eq!(
-        code(single(&call(s, BOB, &unsub).await)),
-        "ErrorSubscriptionAccessDenied"
-    );
+    let other_app = OpContext {
+        app_id: "44444444-2222-4333-8444-555555555555".to_owned(),
+        ..ctx(s, ALICE)
+    };
+    let OpOutcome::Body(denied) = ops::dispatch(s, other_app, &op_of(&unsub)).await else {
+        panic!("expected a body");
+    };
+    assert!(denied.contains("ErrorSubscriptionAccessDenied"), "{denied}");
     assert_eq!(code(single(&call(s, ALICE, &unsub).await)), "NoError");
     assert_eq!(
         code(single(&call(s, ALICE, &unsub).await)),

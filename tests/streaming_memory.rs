@@ -137,7 +137,7 @@ authority = "http://{token_addr}"
     let total = (head.len() + tail.len() + CHUNK * CHUNKS) as u64;
     let mut expected = Sha256::new();
     let injected = ews_gateway::soap::ConnectingSid {
-        kind: ews_gateway::soap::ConnectingSidKind::SmtpAddress,
+        kind: ews_gateway::soap::ConnectingSidKind::PrimarySmtpAddress,
         value: "scanner@contoso.example".into(),
     }
     .to_header_xml();

@@ -151,53 +151,53 @@ pub fn response(t: &Translated) -> Response<Body> {
 /// Shared handle (the gateway keeps one per configuration).
 pub type SharedTranslator<P> = Arc<GraphTranslator<P>>;
 
-/// The translator behind the gateway's current backend trait: the call's decided mailbox
-/// (`act_as`) is the only mailbox its Graph URLs name.
+/// The Graph backend of the gateway: one translator per tenant (its own Graph token and
+/// mailbox facts); the call's decided mailbox is the only mailbox its Graph URLs name.
 pub struct GraphUpstream<P> {
-    /// The translator.
-    pub translator: GraphTranslator<P>,
+    /// Translators by tenant id.
+    pub translators: Vec<(String, GraphTranslator<P>)>,
     /// Largest request body read.
     pub max_body: u64,
 }
 
-impl<P: GraphPort + 'static> crate::upstream::Upstream for GraphUpstream<P> {
-    async fn call(
-        &self,
-        call: crate::upstream::EwsCall,
-    ) -> Result<crate::upstream::UpstreamResponse, crate::error::GatewayError> {
-        let (prefix, consumed) = call.head.original();
-        let mut head = bytes::BytesMut::with_capacity(prefix.len() + consumed.len());
-        head.extend_from_slice(&prefix);
-        head.extend_from_slice(&consumed);
-        let mailbox = call.act_as.value.to_ascii_lowercase();
-        let (response, translated) = self
-            .translator
-            .handle(
-                &call.principal,
-                &mailbox,
-                head.freeze(),
-                call.rest,
-                self.max_body,
-            )
-            .await;
-        tracing::debug!(
-            operation = %translated.operation,
-            graph_calls = translated.graph_calls,
-            graph_throttled = translated.throttled,
-            untranslated = translated.untranslated.as_deref().unwrap_or(""),
-            "translated to Microsoft Graph"
-        );
-        Ok(crate::upstream::UpstreamResponse {
-            response,
-            upstream_request_id: None,
-        })
+impl<P: GraphPort + 'static> crate::backend::Backend for GraphUpstream<P> {
+    fn name(&self) -> &'static str {
+        "graph"
     }
 
-    async fn document(
-        &self,
-        _call: crate::upstream::DocumentCall,
-    ) -> Result<crate::upstream::UpstreamResponse, crate::error::GatewayError> {
-        // Graph has no WSDL; the EWS service description is not served on this backend.
-        Err(crate::error::GatewayError::NotFound)
+    fn call(&self, call: crate::backend::AuthorisedCall) -> crate::backend::BackendFuture<'_> {
+        Box::pin(async move {
+            let translator = self
+                .translators
+                .iter()
+                .find(|(id, _)| *id == call.tenant.tenant_id)
+                .map(|(_, t)| t)
+                .ok_or_else(|| crate::error::GatewayError::Unavailable {
+                    side: crate::error::Side::Exchange,
+                    message: format!(
+                        "tenant {} has no Graph backend configured",
+                        call.tenant.tenant_id
+                    ),
+                    retry_after: std::time::Duration::from_secs(60),
+                })?;
+            let (head, rest) = call.body.into_original();
+            let mailbox = call.mailbox.value.to_ascii_lowercase();
+            let (response, translated) = translator
+                .handle(&call.principal, &mailbox, head, rest, self.max_body)
+                .await;
+            tracing::debug!(
+                operation = %translated.operation,
+                graph_calls = translated.graph_calls,
+                graph_throttled = translated.throttled,
+                untranslated = translated.untranslated.as_deref().unwrap_or(""),
+                "translated to Microsoft Graph"
+            );
+            Ok(crate::backend::BackendResponse {
+                response,
+                upstream_request_id: None,
+                streaming: false,
+            })
+        })
     }
+    // Graph has no WSDL: the default `document` (404) applies.
 }

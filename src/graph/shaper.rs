@@ -38,6 +38,21 @@ pub trait Shaper: Send + Sync {
     fn throttled(&self, mailbox: &str, retry_after: Duration);
 }
 
+impl<S: Shaper> Shaper for Arc<S> {
+    fn acquire(
+        &self,
+        mailbox: &str,
+        kind: CallKind,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<Permit, GraphError>> + Send {
+        (**self).acquire(mailbox, kind, deadline)
+    }
+
+    fn throttled(&self, mailbox: &str, retry_after: Duration) {
+        (**self).throttled(mailbox, retry_after);
+    }
+}
+
 /// The in-process default: at most `per_mailbox` calls in flight per mailbox.
 pub struct LocalShaper {
     per_mailbox: usize,

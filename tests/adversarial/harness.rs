@@ -216,17 +216,15 @@ pub fn body_text(r: &LoggedRequest) -> String {
 /// The gateway's own impersonation for `mailbox` is there exactly once and no other one is.
 pub fn acts_as(r: &LoggedRequest, mailbox: &str) -> Result<(), String> {
     let body = body_text(r);
+    // Issue 12: the one canonical form, whatever the client sent.
     let ours = ews_gateway::soap::ConnectingSid {
-        kind: ews_gateway::soap::ConnectingSidKind::SmtpAddress,
-        value: mailbox.to_owned(),
-    }
-    .to_header_xml();
-    let ours_pn = ews_gateway::soap::ConnectingSid {
         kind: ews_gateway::soap::ConnectingSidKind::PrimarySmtpAddress,
         value: mailbox.to_owned(),
     }
     .to_header_xml();
-    let n = body.matches(&ours).count() + body.matches(&ours_pn).count();
+    let n = body.matches(&ours).count();
+    // Exactly one impersonation in the canonical form: the client's own element (any form)
+    // was replaced, so a different form cannot have survived outside comments/CDATA/the Body.
     if n != 1 {
         return Err(format!("{n} gateway impersonations for {mailbox}: {body}"));
     }

@@ -84,7 +84,7 @@ class DavMail(unittest.TestCase):
             self.assertEqual(len(auth), 1)
             self.assertTrue(auth[0].startswith("Bearer "))
             envelope = ET.fromstring(r["body"].encode())
-            acting = [e.findtext(f"{T}ConnectingSID/{T}SmtpAddress")
+            acting = [e.findtext(f"{T}ConnectingSID/{T}PrimarySmtpAddress")
                       for e in envelope.iter(f"{T}ExchangeImpersonation")]
             self.assertEqual(acting, ["alice@contoso.example"])
 

@@ -222,9 +222,13 @@ struct UserEntry {
     name: String,
     /// argon2id PHC string or bcrypt `$2a$`/`$2b$`/`$2y$` hash.
     password_hash: String,
-    /// Own mailbox; default: the name.
+    /// Own mailbox (its primary SMTP address); default: the name.
     #[serde(default)]
     mailbox: Option<String>,
+    /// The mailbox owner's user principal name when it differs from the primary address: a
+    /// second login name, and what an impersonation by `PrincipalName` is mapped with.
+    #[serde(default)]
+    upn: Option<String>,
     /// Exact addresses and `*@domain` patterns this user may act as.
     #[serde(default)]
     may_impersonate: Vec<String>,
@@ -363,6 +367,8 @@ fn check_operations(ops: &[String], what: &str, problems: &mut Vec<String>) {
 /// The users and their password hashes, as the users file defines them.
 pub struct UserTable {
     users: HashMap<String, User>,
+    /// Lower-case UPN -> login name, for users whose `upn` differs from their name.
+    upns: HashMap<String, String>,
     names: NameOptions,
     dummy: StoredHash,
 }
@@ -408,6 +414,7 @@ impl UserTable {
         let mut problems = Vec::new();
         let groups = parse_groups(file.groups, &mut problems);
         let mut users = HashMap::new();
+        let mut upns = HashMap::new();
         for entry in file.users {
             let name = match normalize_username(&entry.name, &options.names) {
                 Ok(n) if is_address(&n) => n,
@@ -465,6 +472,13 @@ impl UserTable {
                 problems.push(format!("user {name} is listed twice"));
                 continue;
             }
+            if let Some(upn) = entry.upn.as_deref().map(|u| u.trim().to_lowercase()) {
+                if !is_address(&upn) {
+                    problems.push(format!("user {name}: upn {upn:?} is not user@domain"));
+                } else if upn != name && upns.insert(upn.clone(), name.clone()).is_some() {
+                    problems.push(format!("user {name}: upn {upn} is used twice"));
+                }
+            }
             if let Some(hash) = hash {
                 users.insert(
                     name.clone(),
@@ -482,6 +496,13 @@ impl UserTable {
                 );
             }
         }
+        for (upn, owner) in &upns {
+            if users.contains_key(upn) {
+                problems.push(format!(
+                    "user {owner}: upn {upn} is another user's login name"
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(UsersError(problems));
         }
@@ -490,6 +511,7 @@ impl UserTable {
             .map_err(|e| UsersError(vec![e.to_string()]))?;
         Ok(Self {
             users,
+            upns,
             names: options.names,
             dummy: StoredHash::Argon2(dummy),
         })
@@ -505,9 +527,18 @@ impl UserTable {
         self.users.is_empty()
     }
 
-    /// The canonical name of a login, as this store maps it.
+    /// The canonical name of a login, as this store maps it (a user's `upn` maps to its name).
     pub fn canonical_name(&self, raw: &str) -> Option<String> {
-        normalize_username(raw, &self.names).ok()
+        normalize_username(raw, &self.names)
+            .ok()
+            .map(|name| self.upns.get(&name).cloned().unwrap_or(name))
+    }
+
+    /// The mailbox (primary address) of the user whose UPN is `upn`, if the users file says.
+    pub fn mailbox_for_upn(&self, upn: &str) -> Option<String> {
+        let upn = upn.trim().to_lowercase();
+        let name = self.upns.get(&upn).unwrap_or(&upn);
+        self.users.get(name).map(|u| u.principal.mailbox.clone())
     }
 
     /// The dummy hash: a login refused before checking costs one verification of it.

@@ -94,10 +94,31 @@ pub fn may_act_as(principal: &Principal, address: &str) -> bool {
         || principal.may_impersonate.iter().any(|p| p.matches(address))
 }
 
+impl Decision {
+    /// The one impersonation sent upstream: the decided mailbox as `PrimarySmtpAddress`,
+    /// whatever form the client used. `PrimarySmtpAddress` names exactly one mailbox, the one
+    /// whose primary address was authorised; `SmtpAddress` would also match proxy addresses
+    /// and `PrincipalName` is resolved as a UPN, either of which could name another mailbox.
+    pub fn connecting_sid(&self) -> ConnectingSid {
+        ConnectingSid {
+            kind: ConnectingSidKind::PrimarySmtpAddress,
+            value: self.mailbox.clone(),
+        }
+    }
+}
+
 /// Decides the mailbox for a call, given the client's impersonation header if it sent one.
+///
+/// `SmtpAddress` and `PrimarySmtpAddress` values are taken as the mailbox's primary address.
+/// A `PrincipalName` is looked up with `mailbox_for_upn` (the UPNs the gateway knows, from the
+/// users file); an unknown one in address form is taken as a primary address too (most tenants
+/// have UPN = primary address). Either way the decision is a primary address that policy
+/// allowed, and only it is sent upstream ([`Decision::connecting_sid`]), so the identity
+/// checked and the identity Exchange acts on are the same.
 pub fn decide_mailbox(
     principal: &Principal,
     requested: Option<&ConnectingSid>,
+    mailbox_for_upn: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Decision, PolicyError> {
     let Some(sid) = requested else {
         return Ok(Decision {
@@ -106,26 +127,36 @@ pub fn decide_mailbox(
         });
     };
     let value = sid.value.trim();
-    let addressable = match sid.kind {
-        ConnectingSidKind::SmtpAddress | ConnectingSidKind::PrimarySmtpAddress => true,
-        ConnectingSidKind::PrincipalName => is_address(value),
-        ConnectingSidKind::Sid => false,
+    let mailbox = match sid.kind {
+        ConnectingSidKind::SmtpAddress | ConnectingSidKind::PrimarySmtpAddress
+            if is_address(value) =>
+        {
+            Some(value.to_lowercase())
+        }
+        ConnectingSidKind::PrincipalName => mailbox_for_upn(value)
+            .or_else(|| is_address(value).then(|| value.to_owned()))
+            .map(|m| m.to_lowercase()),
+        _ => None,
     };
-    if !addressable || !is_address(value) {
+    let Some(mailbox) = mailbox else {
         return Err(PolicyError::UncheckableIdentity {
             kind: sid.kind.element_name(),
             value: value.to_owned(),
         });
-    }
-    if may_act_as(principal, value) {
+    };
+    if may_act_as(principal, &mailbox) {
         Ok(Decision {
-            mailbox: value.to_lowercase(),
+            mailbox,
             via_client_header: true,
         })
     } else {
         Err(PolicyError::ImpersonationDenied {
             principal: principal.name.clone(),
-            requested: value.to_owned(),
+            requested: if mailbox.eq_ignore_ascii_case(value) {
+                value.to_owned()
+            } else {
+                format!("{value} (mailbox {mailbox})")
+            },
         })
     }
 }
@@ -147,6 +178,10 @@ mod tests {
         }
     }
 
+    fn no_upns(_: &str) -> Option<String> {
+        None
+    }
+
     fn sid(kind: ConnectingSidKind, v: &str) -> ConnectingSid {
         ConnectingSid {
             kind,
@@ -156,7 +191,7 @@ mod tests {
 
     #[test]
     fn own_mailbox_by_default() {
-        let d = decide_mailbox(&principal(&[]), None).unwrap();
+        let d = decide_mailbox(&principal(&[]), None, &no_upns).unwrap();
         assert_eq!(
             d,
             Decision {
@@ -174,6 +209,7 @@ mod tests {
                 ConnectingSidKind::PrimarySmtpAddress,
                 "SVC@contoso.example",
             )),
+            &no_upns,
         )
         .unwrap();
         assert!(d.via_client_header);
@@ -184,7 +220,8 @@ mod tests {
         let p = principal(&["*@contoso.example", "boss@fabrikam.example"]);
         for ok in ["a@contoso.example", "boss@fabrikam.example"] {
             assert!(
-                decide_mailbox(&p, Some(&sid(ConnectingSidKind::SmtpAddress, ok))).is_ok(),
+                decide_mailbox(&p, Some(&sid(ConnectingSidKind::SmtpAddress, ok)), &no_upns)
+                    .is_ok(),
                 "{ok}"
             );
         }
@@ -193,8 +230,12 @@ mod tests {
             "a@sub.contoso.example",
             "x@fabrikam.example",
         ] {
-            let err =
-                decide_mailbox(&p, Some(&sid(ConnectingSidKind::SmtpAddress, denied))).unwrap_err();
+            let err = decide_mailbox(
+                &p,
+                Some(&sid(ConnectingSidKind::SmtpAddress, denied)),
+                &no_upns,
+            )
+            .unwrap_err();
             assert_eq!(err.code(), "ErrorImpersonateUserDenied");
             assert!(err.to_string().contains(denied), "{err}");
         }
@@ -202,7 +243,8 @@ mod tests {
         assert!(
             decide_mailbox(
                 &none,
-                Some(&sid(ConnectingSidKind::SmtpAddress, "a@contoso.example"))
+                Some(&sid(ConnectingSidKind::SmtpAddress, "a@contoso.example")),
+                &no_upns
             )
             .is_err()
         );
@@ -241,20 +283,26 @@ mod tests {
     fn sid_and_non_address_upn_are_refused() {
         let p = principal(&["*@contoso.example"]);
         assert!(matches!(
-            decide_mailbox(&p, Some(&sid(ConnectingSidKind::Sid, "S-1-5-21-1"))),
+            decide_mailbox(
+                &p,
+                Some(&sid(ConnectingSidKind::Sid, "S-1-5-21-1")),
+                &no_upns
+            ),
             Err(PolicyError::UncheckableIdentity { .. })
         ));
         assert!(
             decide_mailbox(
                 &p,
-                Some(&sid(ConnectingSidKind::PrincipalName, "a@contoso.example"))
+                Some(&sid(ConnectingSidKind::PrincipalName, "a@contoso.example")),
+                &no_upns
             )
             .is_ok()
         );
         assert!(
             decide_mailbox(
                 &p,
-                Some(&sid(ConnectingSidKind::PrincipalName, "CONTOSO\\a"))
+                Some(&sid(ConnectingSidKind::PrincipalName, "CONTOSO\\a")),
+                &no_upns
             )
             .is_err()
         );

@@ -284,10 +284,10 @@ impl ScannedHead {
         &self.info
     }
 
-    /// Everything consumed so far, exactly as the client sent it (the translation backend reads
-    /// the whole request itself rather than forwarding it).
-    pub fn original(&self) -> (Bytes, Bytes) {
-        (self.prefix.clone(), self.rest.clone())
+    /// How many of the client's bytes the head is (everything up to the end of the operation's
+    /// start tag, or the whole document when the Body is empty): the part the gateway checked.
+    pub fn head_len(&self) -> usize {
+        self.prefix.len()
     }
 
     /// The bytes to send upstream in place of everything consumed so far: the consumed bytes with
@@ -327,6 +327,18 @@ impl ScannedHead {
                 out.extend_from_slice(&prefix[*at..]);
             }
         }
+        out.extend_from_slice(&self.rest);
+        out.freeze()
+    }
+
+    /// Everything consumed so far, exactly as the client sent it (for a backend that reads the
+    /// whole request instead of forwarding it).
+    pub fn into_original(self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.prefix;
+        }
+        let mut out = BytesMut::with_capacity(self.prefix.len() + self.rest.len());
+        out.extend_from_slice(&self.prefix);
         out.extend_from_slice(&self.rest);
         out.freeze()
     }
@@ -479,24 +491,31 @@ fn scan(buf: &[u8], at_end: bool) -> Result<Option<HeadPlan>, RewriteError> {
         ),
         Err(e) => (e.valid_up_to(), None),
     };
-    // `contains` is a vectorised memchr; the byte-wise position is only computed when needed.
-    let nul = if doc[..valid].contains(&0) {
-        doc[..valid].iter().position(|&b| b == 0)
-    } else {
-        None
-    };
-    let (valid, invalid) = match nul {
-        Some(nul) => (
-            nul,
-            Some("the body contains a NUL character (UTF-16 or UTF-32 text?)"),
+    // A character XML 1.0 forbids (NUL and the other C0 controls but tab/LF/CR, U+FFFE, U+FFFF)
+    // is treated like an invalid byte: the parse stops before it, and it is the error only if
+    // the head needs the bytes beyond it, so the verdict does not depend on chunking.
+    let (valid, invalid) = match crate::wellformed::first_forbidden_char(&doc[..valid]) {
+        Some((at, '\0')) => (
+            at,
+            Some(RewriteError::NotUtf8(
+                "the body contains a NUL character (UTF-16 or UTF-32 text?)",
+            )),
         ),
-        None => (valid, invalid),
+        Some((at, ch)) => (
+            at,
+            Some(RewriteError::Malformed(format!(
+                "the character U+{:04X} is not allowed in XML 1.0 (at byte {})",
+                u32::from(ch),
+                at + base
+            ))),
+        ),
+        None => (valid, invalid.map(RewriteError::NotUtf8)),
     };
     let parse_at_end = at_end && valid == doc.len();
     match Parser::new(&doc[..valid], base, parse_at_end).run()? {
         Some(plan) => Ok(Some(plan)),
         None => match invalid {
-            Some(reason) => Err(RewriteError::NotUtf8(reason)),
+            Some(err) => Err(err),
             None => need_more(),
         },
     }
@@ -698,8 +717,14 @@ impl<'a> Parser<'a> {
                         return Ok(Some(plan));
                     }
                 }
-                Event::End(_) => self.end(before, after)?,
-                Event::Text(text) => self.text(&text.xml10_content(), false)?,
+                Event::End(end) => {
+                    crate::wellformed::check_end_tag(&end).map_err(malformed_at(before))?;
+                    self.end(before, after)?
+                }
+                Event::Text(text) => {
+                    crate::wellformed::check_text(&text).map_err(malformed_at(before))?;
+                    self.text(&text.xml10_content(), false)?
+                }
                 Event::CData(cdata) => self.text(&cdata.xml10_content(), false)?,
                 Event::GeneralRef(reference) => {
                     let ch = resolve_reference(&reference)?;
@@ -711,25 +736,20 @@ impl<'a> Parser<'a> {
                             "the XML declaration is not at the start of the document (at byte {before})"
                         )));
                     }
-                    let version = decl
-                        .version()
-                        .map_err(|e| RewriteError::Malformed(e.to_string()))?;
-                    if version != "1.0" {
-                        return Err(RewriteError::Malformed(format!(
-                            "XML version '{version}' is not supported, only 1.0"
-                        )));
-                    }
-                    if let Some(encoding) = decl.encoding() {
-                        let encoding =
-                            encoding.map_err(|e| RewriteError::Malformed(e.to_string()))?;
-                        if !encoding.eq_ignore_ascii_case("utf-8") {
-                            return Err(RewriteError::UnsupportedEncoding(encoding.into_owned()));
-                        }
+                    let encoding =
+                        crate::wellformed::check_xml_decl(&decl).map_err(malformed_at(before))?;
+                    if let Some(encoding) = encoding
+                        && !encoding.eq_ignore_ascii_case("utf-8")
+                    {
+                        return Err(RewriteError::UnsupportedEncoding(encoding.to_owned()));
                     }
                 }
                 Event::DocType(_) => return Err(RewriteError::Doctype),
                 // Comments and processing instructions carry no SOAP meaning; kept byte-identical.
-                Event::Comment(_) | Event::PI(_) => {}
+                Event::Comment(_) => {}
+                Event::PI(pi) => {
+                    crate::wellformed::check_pi(&pi).map_err(malformed_at(before))?;
+                }
                 Event::Eof => return self.eof(),
             }
         }
@@ -808,20 +828,48 @@ impl<'a> Parser<'a> {
         want_version: bool,
     ) -> Result<Option<String>, RewriteError> {
         let mut version = None;
+        crate::wellformed::check_start_tag(start)
+            .map_err(|why| RewriteError::Malformed(format!("{why} in a start tag")))?;
+        // Expanded names (namespace, local name) seen, to refuse `a:x` and `b:x` bound to one
+        // namespace (Namespaces in XML 1.0, 6.3); a start tag has few attributes.
+        let mut expanded: Vec<(Option<String>, String)> = Vec::new();
         for attr in start.attributes() {
             let attr = attr.map_err(|e| RewriteError::Malformed(format!("bad attribute: {e}")))?;
             let value = attr
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                 .map_err(escape_error)?;
-            if attr.key.as_namespace_binding().is_some() {
+            if !value.chars().all(crate::wellformed::is_char) {
+                return Err(RewriteError::Malformed(
+                    "an attribute value references a character XML 1.0 does not allow".into(),
+                ));
+            }
+            if let Some(binding) = attr.key.as_namespace_binding() {
+                let prefix = match binding {
+                    quick_xml::name::PrefixDeclaration::Default => None,
+                    quick_xml::name::PrefixDeclaration::Named(p) => Some(p),
+                };
+                crate::wellformed::check_namespace_binding(prefix, &value)
+                    .map_err(RewriteError::Malformed)?;
                 continue;
             }
-            let (resolved, _) = self.reader.resolver().resolve_attribute(attr.key);
-            if let ResolveResult::Unknown(prefix) = resolved {
+            let (resolved, local) = self.reader.resolver().resolve_attribute(attr.key);
+            let ns = match resolved {
+                ResolveResult::Unknown(prefix) => {
+                    return Err(RewriteError::Malformed(format!(
+                        "undeclared namespace prefix '{prefix}' on an attribute"
+                    )));
+                }
+                ResolveResult::Bound(ns) => Some(ns.as_ref().to_owned()),
+                ResolveResult::Unbound => None,
+            };
+            let name = (ns, local.as_ref().to_owned());
+            if expanded.contains(&name) {
                 return Err(RewriteError::Malformed(format!(
-                    "undeclared namespace prefix '{prefix}' on an attribute"
+                    "the attribute {} appears twice (after namespace resolution)",
+                    display_name(name.0.as_deref(), &name.1)
                 )));
             }
+            expanded.push(name);
             if want_version && attr.key.as_ref() == "Version" && version.is_none() {
                 version = Some(value.into_owned());
             }
@@ -838,6 +886,11 @@ impl<'a> Parser<'a> {
         empty: bool,
     ) -> Result<Option<HeadPlan>, RewriteError> {
         let local = start.local_name().as_ref().to_owned();
+        if start.name().prefix().is_some_and(|p| p.as_ref() == "xmlns") {
+            return Err(RewriteError::Malformed(
+                "an element name uses the reserved prefix 'xmlns'".into(),
+            ));
+        }
         let is_rsv = ns == Some(NS_TYPES) && local == "RequestServerVersion";
         let version = self.attributes(start, is_rsv)?;
         let names_impersonation = local.eq_ignore_ascii_case("ExchangeImpersonation");
@@ -1069,8 +1122,13 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// A well-formedness rule broken at buffer offset `at`, as a refusal.
+fn malformed_at(at: usize) -> impl Fn(String) -> RewriteError {
+    move |why| RewriteError::Malformed(format!("{why} (at byte {at})"))
+}
+
 /// Resolves a reference: only the five predefined entities and character references exist
-/// without a DTD.
+/// without a DTD; a character reference must name an XML `Char` (`&#1;`, `&#xFFFE;` do not).
 fn resolve_reference(reference: &BytesRef<'_>) -> Result<char, RewriteError> {
     let name = reference.xml10_content();
     match name.as_ref() {
@@ -1080,6 +1138,11 @@ fn resolve_reference(reference: &BytesRef<'_>) -> Result<char, RewriteError> {
         "apos" => Ok('\''),
         "quot" => Ok('"'),
         other => match reference.resolve_char_ref() {
+            Ok(Some(ch)) if !crate::wellformed::is_char(ch) => {
+                Err(RewriteError::Malformed(format!(
+                    "the character reference '&{other};' names a character XML 1.0 does not allow"
+                )))
+            }
             Ok(Some(ch)) => Ok(ch),
             Ok(None) => Err(RewriteError::UndefinedEntity(other.to_owned())),
             Err(e) => Err(RewriteError::Malformed(e.to_string())),

@@ -186,6 +186,90 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// A request body that must arrive in full by a deadline (`[limits] body_read_timeout_seconds`):
+/// a client that sends its head and then trickles the body would otherwise hold a connection,
+/// a mailbox slot and, once forwarding started, an upstream request open for as long as it likes.
+/// Past the deadline the next poll fails with [`BodyReadTimeout`]; streamed upstream, that error
+/// aborts the upstream request and closes its connection.
+pub struct DeadlineBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    failed: bool,
+}
+
+impl<B> DeadlineBody<B> {
+    /// `inner`, which must end within `limit` from now.
+    pub fn new(inner: B, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            failed: false,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        // Checked before the body, so a client that keeps a trickle flowing is still cut.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.failed = true;
+            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout {
+                seconds: this.limit.as_secs(),
+            }))));
+        }
+        std::pin::Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body did not arrive in full within the body-read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {seconds} s")]
+pub struct BodyReadTimeout {
+    /// The configured timeout.
+    pub seconds: u64,
+}
+
+/// The [`BodyReadTimeout`] anywhere in `err`'s source chain.
+pub fn body_read_timeout<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a BodyReadTimeout> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(timeout) = e.downcast_ref::<BodyReadTimeout>() {
+            return Some(timeout);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// Accepts connections until `shutdown` fires, then waits for in-flight connections to finish.
 ///
 /// `handler` is called once per request; it never fails (errors are responses).

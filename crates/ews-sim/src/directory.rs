@@ -68,6 +68,10 @@ pub struct App {
     /// Admin-consented application roles on Exchange Online, e.g. `full_access_as_app`.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Consented Microsoft Graph application permissions (`Mail.Send`, `Mail.ReadWrite`, ...):
+    /// the `roles` claim of its Graph tokens.
+    #[serde(default)]
+    pub graph_roles: Vec<String>,
     /// RBAC for Applications: `Application EWS.AccessAsApp` scoped to these mailboxes
     /// (exact addresses or `*@domain`). `None` means no RBAC assignment.
     #[serde(default)]

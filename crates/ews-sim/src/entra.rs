@@ -21,7 +21,7 @@ use time::macros::format_description;
 
 use super::directory::{App, Tenant};
 use super::tokens::{ClientAuth, TokenClaims};
-use super::{SimRequest, SimState, hex, respond};
+use super::{SimRequest, SimState, respond};
 use ews_http::http_util::Body;
 
 /// Which token API a request used.
@@ -38,6 +38,12 @@ pub const EXCHANGE_RESOURCES: [&str; 3] = [
     "https://outlook.office365.com",
     "https://outlook.office365.com/",
     "https://outlook.office.com",
+];
+
+/// Microsoft Graph resource identifiers Entra knows.
+pub const GRAPH_RESOURCES: [&str; 2] = [
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.com/",
 ];
 
 /// `client_assertion_type` for certificate credentials.
@@ -263,7 +269,8 @@ fn issue(
             ClientAuth::Secret
         };
 
-    if !EXCHANGE_RESOURCES.contains(&resource.as_str()) {
+    let graph = GRAPH_RESOURCES.contains(&resource.as_str());
+    if !graph && !EXCHANGE_RESOURCES.contains(&resource.as_str()) {
         return Err(Failure::new(
             "invalid_resource",
             500_011,
@@ -280,7 +287,11 @@ fn issue(
         TokenApi::V1 => resource.clone(),
     };
     let lifetime = state.tokens.lifetime();
-    let claims = TokenClaims::app_only(&tenant.id, app, &aud, auth, now, lifetime);
+    let mut claims = TokenClaims::app_only(&tenant.id, app, &aud, auth, now, lifetime);
+    if graph {
+        // Each resource has its own consented roles.
+        claims.roles = app.graph_roles.clone();
+    }
     let token = state.tokens.issue(&claims).map_err(|e| {
         Failure::new(
             "temporarily_unavailable",
@@ -658,7 +669,7 @@ fn verify_assertion(
             ));
         }
     };
-    let thumb_hex = hex(&thumbprint).to_ascii_uppercase();
+    let thumb_hex = hex::encode_upper(&thumbprint);
     let certs = registered_certs(app);
     let Some(cert) = certs.iter().find(|c| {
         let registered = if by_sha256 { &c.sha256 } else { &c.sha1 };

@@ -132,9 +132,28 @@ fn challenge(error: Option<&str>) -> Response<Body> {
     resp
 }
 
+/// What the retired EWS endpoint answers (HTTP 403), whoever asks. Exchange Online has not said
+/// what it will send after 2027-04-01; this is the simulator's choice: a refusal that names the
+/// reason, before any authentication, like the `EwsEnabled=False` block.
+pub const RETIRED_BODY: &str =
+    "Exchange Web Services (EWS) has been retired in Exchange Online. Use Microsoft Graph.";
+
 /// Handles a request under `/EWS/`.
 pub async fn handle(state: &Arc<SimState>, req: SimRequest) -> Response<Body> {
     let lower = req.path.to_ascii_lowercase();
+    if state.config.ews_retired {
+        let mut resp = respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            RETIRED_BODY,
+        );
+        resp.headers_mut().insert(
+            "x-ews-policy-reason",
+            HeaderValue::from_static("EwsRetired"),
+        );
+        finish_headers(&req.headers, &mut resp);
+        return resp;
+    }
     let mut resp = match (lower.as_str(), &req.method) {
         ("/ews/exchange.asmx", &Method::POST) => post(state, &req).await,
         ("/ews/exchange.asmx", &Method::GET) => match authenticate(state, &req.headers) {
@@ -461,6 +480,7 @@ async fn envelope(
         ));
     };
     let ctx = OpContext {
+        app_id: caller.app.client_id.to_ascii_lowercase(),
         tenant: caller.tenant,
         acting,
         server_version: version.unwrap_or_else(|| "Exchange2013_SP1".to_owned()),

@@ -23,4 +23,7 @@ pub struct Faults {
     /// EWS refuses tokens obtained with a client secret (401 `2000010`), as organisations that
     /// require certificate credentials do.
     pub ews_require_certificate_auth: bool,
+    /// Added latency of every admitted Graph request, in milliseconds, spent while it counts
+    /// as in flight (so concurrency limits and high-water marks can be exercised).
+    pub graph_latency_ms: u64,
 }

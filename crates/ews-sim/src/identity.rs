@@ -65,7 +65,8 @@ fn issue(
             "Required query variable 'resource' is missing",
         ));
     }
-    if !EXCHANGE_AUDIENCES.contains(&resource) {
+    let graph = super::entra::GRAPH_RESOURCES.contains(&resource);
+    if !graph && !EXCHANGE_AUDIENCES.contains(&resource) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
@@ -82,7 +83,7 @@ fn issue(
             "Identity not found",
         )
     })?;
-    let claims = TokenClaims::app_only(
+    let mut claims = TokenClaims::app_only(
         &tenant.id,
         &app,
         resource,
@@ -90,6 +91,9 @@ fn issue(
         now_unix(),
         state.tokens.lifetime(),
     );
+    if graph {
+        claims.roles = app.graph_roles.clone();
+    }
     let token = state.tokens.issue(&claims).map_err(|e| {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,

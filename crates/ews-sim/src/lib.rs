@@ -1,10 +1,10 @@
 //! `ews-gateway sim`: a strict simulated Exchange Online.
 //!
 //! One HTTP(S) listener serves the Entra token endpoint (`/{tenant}/oauth2/...`), its signing keys,
-//! EWS (`/EWS/Exchange.asmx`) over an in-memory mailbox store, and a small admin API under
-//! `/_sim/` (request log, fault injection). It accepts what Exchange Online and Entra ID accept and
-//! refuses what they refuse, with the same status codes, headers and fault texts, so that tests of
-//! the gateway prove something.
+//! EWS (`/EWS/Exchange.asmx`) and Microsoft Graph (`/v1.0/...`, see [`graph`]) over one in-memory
+//! mailbox store, and a small admin API under `/_sim/` (request log, fault injection). It accepts
+//! what Exchange Online and Entra ID accept and refuses what they refuse, with the same status
+//! codes, headers and fault texts, so that tests of the gateway prove something.
 #![forbid(unsafe_code)]
 
 pub mod directory;
@@ -12,6 +12,7 @@ pub mod entra;
 pub mod ews;
 pub mod faults;
 pub mod federation;
+pub mod graph;
 pub mod identity;
 pub mod mailbox;
 pub mod ops;
@@ -58,6 +59,11 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The `X-IDENTITY-HEADER` value the App Service identity endpoint requires.
     pub identity_header: String,
+    /// EWS is switched off for good, as in Exchange Online after 2027-04-01: every request
+    /// under `/EWS/` gets HTTP 403 (see [`ews::RETIRED_BODY`]); Graph keeps working.
+    pub ews_retired: bool,
+    /// Microsoft Graph's limits.
+    pub graph: graph::GraphLimits,
 }
 
 impl SimConfig {
@@ -79,6 +85,8 @@ impl SimConfig {
             streaming_heartbeat: Duration::from_secs(45),
             faults: Faults::default(),
             identity_header: "sim-identity-header-0001".to_owned(),
+            ews_retired: false,
+            graph: graph::GraphLimits::default(),
         }
     }
 }
@@ -102,6 +110,12 @@ pub struct LoggedRequest {
     pub body_len: usize,
     /// SHA-256 of the full body, hex.
     pub body_sha256: String,
+    /// Graph requests: the mailbox the request addressed (primary address, lower case), once
+    /// the face resolved it (upload-session PUTs: the session's mailbox).
+    pub mailbox: Option<String>,
+    /// Graph requests: the client id of the app whose token it carried (upload-session PUTs:
+    /// the app that created the session).
+    pub app_id: Option<String>,
 }
 
 fn serialize_lossy<S: serde::Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -126,6 +140,12 @@ impl LoggedRequest {
             .collect()
     }
 
+    /// Whether this is a request to the Graph face (`/v1.0/...` or an upload-session URL).
+    pub fn is_graph(&self) -> bool {
+        let path = self.path.split('?').next().unwrap_or_default();
+        path.starts_with("/v1.0/") || path.starts_with(graph::UPLOAD_PATH_PREFIX)
+    }
+
     /// Whether this is a request to the EWS endpoint.
     pub fn is_ews(&self) -> bool {
         self.path
@@ -143,12 +163,24 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    fn push(&self, mut entry: LoggedRequest) {
+    fn push(&self, mut entry: LoggedRequest) -> u64 {
         if let Ok(mut guard) = self.entries.lock() {
             let (entries, last) = &mut *guard;
             *last += 1;
             entry.seq = *last;
             entries.push(entry);
+            return *last;
+        }
+        0
+    }
+
+    /// Records which mailbox and app request `seq` was for (Graph learns them after arrival).
+    pub fn annotate(&self, seq: u64, mailbox: &str, app_id: &str) {
+        if let Ok(mut guard) = self.entries.lock()
+            && let Some(entry) = guard.0.iter_mut().rev().find(|e| e.seq == seq)
+        {
+            entry.mailbox = Some(mailbox.to_ascii_lowercase());
+            entry.app_id = Some(app_id.to_owned());
         }
     }
 
@@ -188,6 +220,8 @@ pub struct SimState {
     pub revoked_tokens: Mutex<std::collections::HashSet<String>>,
     /// The emulated Kubernetes OIDC issuer for workload identity federation.
     pub federation: federation::FederationIssuer,
+    /// Graph face state: per app+mailbox limits and accounting, upload sessions.
+    pub graph: Arc<graph::GraphState>,
 }
 
 impl SimState {
@@ -233,6 +267,36 @@ impl SimHandle {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn base_url(&self) -> &str {
         &self.state.base_url
+    }
+
+    /// The Microsoft Graph base URL (what replaces `https://graph.microsoft.com`; requests go to
+    /// `{graph_url}/v1.0/...`).
+    pub fn graph_url(&self) -> String {
+        self.base_url().to_owned()
+    }
+
+    /// Only the Graph requests that arrived so far (upload-session PUTs included).
+    pub fn graph_requests(&self) -> Vec<LoggedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.is_graph())
+            .collect()
+    }
+
+    /// The most Graph requests of `app_id` for `mailbox` that were ever in flight at once (only
+    /// admitted requests count; refused ones are in [`graph::LaneStats::throttled`]).
+    pub fn graph_high_water(&self, app_id: &str, mailbox: &str) -> usize {
+        self.graph_stats(app_id, mailbox).high_water
+    }
+
+    /// Graph accounting of `app_id` for `mailbox`.
+    pub fn graph_stats(&self, app_id: &str, mailbox: &str) -> graph::LaneStats {
+        self.state.graph.stats(app_id, mailbox)
+    }
+
+    /// Forgets Graph accounting (high-water marks, windows), e.g. between test phases.
+    pub fn reset_graph_stats(&self) {
+        self.state.graph.reset();
     }
 
     /// The EWS endpoint URL.
@@ -329,6 +393,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         revoked_tokens: Mutex::new(std::collections::HashSet::new()),
         federation: federation::FederationIssuer::new()
             .map_err(|e| SimError::Keys(e.to_string()))?,
+        graph: Arc::default(),
     });
     let shutdown = CancellationToken::new();
     let handler_state = Arc::clone(&state);
@@ -411,17 +476,26 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>, conn: ConnInfo) -> 
             String::from_utf8_lossy(value.as_bytes()).into_owned(),
         ));
     }
-    let log_cut = body.len().min(state.config.log_body_limit);
+    // Upload-session chunks are logged without their bytes: a log entry keeps its body's buffer
+    // alive, and a 150 MB upload must not stay in memory twice.
+    let log_cut = if path_and_query.starts_with(graph::UPLOAD_PATH_PREFIX) {
+        0
+    } else {
+        body.len().min(state.config.log_body_limit)
+    };
+    let mut seq = 0;
     // The admin API is the observer, not traffic: it is not logged.
     if !path_and_query.starts_with("/_sim/") {
-        state.log.push(LoggedRequest {
+        seq = state.log.push(LoggedRequest {
             seq: 0,
             method: parts.method.to_string(),
             path: path_and_query.clone(),
             headers,
             body: body.slice(..log_cut),
             body_len: body.len(),
-            body_sha256: hex(&Sha256::digest(&body)),
+            body_sha256: hex::encode(Sha256::digest(&body)),
+            mailbox: None,
+            app_id: None,
         });
     }
 
@@ -437,14 +511,20 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>, conn: ConnInfo) -> 
         body,
         conn,
     };
-    dispatch(&state, request).await
+    dispatch(&state, request, seq).await
 }
 
-async fn dispatch(state: &Arc<SimState>, req: SimRequest) -> Response<Body> {
+async fn dispatch(state: &Arc<SimState>, req: SimRequest, seq: u64) -> Response<Body> {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let lower = req.path.to_ascii_lowercase();
     if lower.starts_with("/ews/") {
         return ews::handle(state, req).await;
+    }
+    if req.path.starts_with("/v1.0/") || req.path == "/v1.0" {
+        return graph::handle(state, req, seq).await;
+    }
+    if req.path.starts_with(graph::UPLOAD_PATH_PREFIX) {
+        return graph::upload_chunk(state, req, seq).await;
     }
     match segments.as_slice() {
         ["_sim", "requests"] => admin_requests(state, &req),
@@ -531,14 +611,4 @@ fn admin_faults(state: &SimState, req: &SimRequest) -> Response<Body> {
         },
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET or PUT"),
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }

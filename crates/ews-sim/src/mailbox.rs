@@ -155,15 +155,45 @@ impl IdKind {
     }
 }
 
-/// Version byte of the id layout, so that foreign base64 is told apart from ours.
-const ID_VERSION: u8 = 0x51;
+/// The header every Exchange Online EwsId of a mailbox object starts with (`AAMk` in base64).
+pub const EWS_ID_HEADER: [u8; 4] = [0x00, 0x03, 0x24, 0x00];
 
-/// Encodes an id: base64 of version, kind, serial and the mailbox's primary address. Clients
-/// treat ids as opaque; carrying the mailbox lets the simulator apply the delegate rule to ids.
+/// A mailbox's Exchange GUID. The simulator derives it from the primary address (name-based,
+/// so a seed needs no GUIDs and every run gives the same ids); lower case, 36 characters.
+pub fn mailbox_guid(smtp: &str) -> String {
+    name_based_uuid("exchange-guid", smtp)
+}
+
+/// A user's Entra object id (what Graph calls `id`), derived like [`mailbox_guid`] but distinct.
+pub fn user_object_id(smtp: &str) -> String {
+    name_based_uuid("entra-object-id", smtp)
+}
+
+fn name_based_uuid(namespace: &str, smtp: &str) -> String {
+    let digest = Sha256::digest(format!("{namespace}|{}", smtp.to_ascii_lowercase()));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Encodes an id in Exchange's EwsId form: standard base64 of `00 03 24 00`, the mailbox's
+/// Exchange GUID as 36 ASCII characters, a zero byte, the kind and the store serial. So ids start
+/// `AAMk` and name their mailbox as real ones do; Graph uses the same bytes in the URL-safe
+/// alphabet ([`to_graph_id`]).
 pub fn encode_id(kind: IdKind, serial: u64, mailbox: &str) -> String {
-    let mut bytes = vec![ID_VERSION, kind.tag()];
+    encode_id_for_guid(kind, serial, &mailbox_guid(mailbox))
+}
+
+/// [`encode_id`] for a known mailbox GUID.
+pub fn encode_id_for_guid(kind: IdKind, serial: u64, guid: &str) -> String {
+    let mut bytes = EWS_ID_HEADER.to_vec();
+    bytes.extend_from_slice(guid.as_bytes());
+    bytes.push(0);
+    bytes.push(kind.tag());
     bytes.extend_from_slice(&serial.to_be_bytes());
-    bytes.extend_from_slice(mailbox.to_ascii_lowercase().as_bytes());
     STANDARD.encode(bytes)
 }
 
@@ -174,33 +204,49 @@ pub struct DecodedId {
     pub kind: IdKind,
     /// Store serial.
     pub serial: u64,
-    /// Primary address (lower case) of the mailbox it belongs to.
-    pub mailbox: String,
+    /// Exchange GUID (lower case) of the mailbox it belongs to.
+    pub guid: String,
 }
 
-/// Decodes an id; `None` means malformed (not one of ours).
+/// Decodes an EwsId (standard base64); `None` means malformed (not one of ours).
 pub fn decode_id(id: &str) -> Option<DecodedId> {
-    let bytes = STANDARD.decode(id.trim()).ok()?;
-    if bytes.len() < 11 || bytes[0] != ID_VERSION {
+    decode_bytes(&STANDARD.decode(id.trim()).ok()?)
+}
+
+fn decode_bytes(bytes: &[u8]) -> Option<DecodedId> {
+    if bytes.len() != 4 + 36 + 1 + 1 + 8 || bytes[..4] != EWS_ID_HEADER || bytes[40] != 0 {
         return None;
     }
-    let kind = match bytes[1] {
+    let guid = std::str::from_utf8(&bytes[4..40]).ok()?;
+    let parsed = uuid::Uuid::parse_str(guid).ok()?;
+    let kind = match bytes[41] {
         b'F' => IdKind::Folder,
         b'I' => IdKind::Item,
         b'A' => IdKind::Attachment,
         _ => return None,
     };
     let mut serial = [0u8; 8];
-    serial.copy_from_slice(&bytes[2..10]);
-    let mailbox = String::from_utf8(bytes[10..].to_vec()).ok()?;
-    if !mailbox.contains('@') {
-        return None;
-    }
+    serial.copy_from_slice(&bytes[42..50]);
     Some(DecodedId {
         kind,
         serial: u64::from_be_bytes(serial),
-        mailbox,
+        guid: parsed.hyphenated().to_string(),
     })
+}
+
+/// The Graph (restId) form of an EwsId: the same bytes in the URL-safe alphabet (`+`→`-`,
+/// `/`→`_`, padding kept as Graph does).
+pub fn to_graph_id(ews_id: &str) -> String {
+    ews_id.replace('+', "-").replace('/', "_")
+}
+
+/// The EwsId of a Graph id; `None` unless it decodes to one of ours. Only the URL-safe alphabet
+/// is accepted, as Graph parses ids in URLs.
+pub fn from_graph_id(graph_id: &str) -> Option<(String, DecodedId)> {
+    use base64::engine::general_purpose::URL_SAFE;
+    let bytes = URL_SAFE.decode(graph_id).ok()?;
+    let decoded = decode_bytes(&bytes)?;
+    Some((STANDARD.encode(&bytes), decoded))
 }
 
 /// The change key of an object at `version` (a store sequence number).
@@ -569,8 +615,12 @@ pub struct Event {
 /// A streaming subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// Primary address (lower case) of the mailbox that created it: only it may use it.
+    /// Primary address (lower case) of the mailbox it was created for (what it watches).
     pub owner: String,
+    /// Client id (lower case) of the app that created it: as in Exchange, any caller with that
+    /// app's token may use it, whichever mailbox it impersonates. The permissive side on
+    /// purpose, so the gateway's own binding of subscriptions is what the tests prove.
+    pub app: String,
     /// Watched folders as (mailbox, folder id); `None` watches all of the owner's folders.
     pub folders: Option<Vec<(String, String)>>,
     /// Event kinds wanted.
@@ -686,7 +736,7 @@ fn seed_message(tenant: &super::directory::Tenant, seed: &MessageSeed) -> Messag
         .rsplit_once('@')
         .map(|(_, d)| d)
         .unwrap_or("sim.example");
-    msg.internet_message_id = format!("<{}@{domain}>", super::hex(&digest[..12]));
+    msg.internet_message_id = format!("<{}@{domain}>", hex::encode(&digest[..12]));
     msg.attachments = seed
         .attachments
         .iter()
@@ -728,6 +778,13 @@ impl Data {
     /// The current change sequence.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The mailbox whose Exchange GUID is `guid` (ids carry it).
+    pub fn mailbox_by_guid(&self, guid: &str) -> Option<&MailboxData> {
+        self.mailboxes
+            .values()
+            .find(|m| mailbox_guid(&m.smtp) == guid)
     }
 
     /// A mailbox's contents, if it exists.
@@ -1131,12 +1188,28 @@ mod tests {
     #[test]
     fn ids_round_trip_and_reject_foreign_base64() {
         let id = encode_id(IdKind::Item, 42, "Alice@Contoso.example");
+        assert!(id.starts_with("AAMk"), "{id}");
         let d = decode_id(&id).unwrap();
         assert_eq!(d.kind, IdKind::Item);
         assert_eq!(d.serial, 42);
-        assert_eq!(d.mailbox, "alice@contoso.example");
+        assert_eq!(d.guid, mailbox_guid("alice@contoso.example"));
+        assert_ne!(d.guid, mailbox_guid("bob@contoso.example"));
         assert!(decode_id("DUMMY").is_none());
         assert!(decode_id("AAMkADk=").is_none());
+        // The Graph form is the same bytes in the URL-safe alphabet, and only that alphabet.
+        let graph = to_graph_id(&id);
+        let (back, d2) = from_graph_id(&graph).unwrap();
+        assert_eq!((back.as_str(), &d2), (id.as_str(), &d));
+        let mut differing = 0;
+        for serial in 0..300u64 {
+            let id = encode_id(IdKind::Item, serial * 977, "alice@contoso.example");
+            if id.contains('+') || id.contains('/') {
+                differing += 1;
+                assert!(from_graph_id(&id).is_none());
+                assert!(from_graph_id(&to_graph_id(&id)).is_some());
+            }
+        }
+        assert!(differing > 0, "no id needed the alphabet swap");
         assert_ne!(change_key(1), change_key(2));
     }
 

@@ -42,6 +42,9 @@ pub struct OpContext {
     pub acting: Mailbox,
     /// `RequestServerVersion/@Version` as sent (already validated), `Exchange2013_SP1` when absent.
     pub server_version: String,
+    /// The calling app's client id (lower case): Exchange ties subscriptions to the account that
+    /// created them, for an app-only token the app, not the impersonated mailbox.
+    pub app_id: String,
 }
 
 /// What an operation produced.

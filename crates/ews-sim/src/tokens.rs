@@ -28,6 +28,14 @@ pub const EXCHANGE_AUDIENCES: [&str; 3] = [
     "https://outlook.office.com",
 ];
 
+/// Audiences Microsoft Graph accepts in an access token (the resource URI with or without the
+/// trailing slash, and Graph's application id).
+pub const GRAPH_AUDIENCES: [&str; 3] = [
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.com/",
+    "00000003-0000-0000-c000-000000000000",
+];
+
 /// Clock skew EWS tolerates on `nbf`/`exp`, in seconds (Microsoft.IdentityModel's default of
 /// five minutes). A token is expired once `exp + CLOCK_SKEW_SECS <= now`.
 pub const CLOCK_SKEW_SECS: i64 = 300;
@@ -183,8 +191,8 @@ pub enum BearerError {
     /// Not signed by the simulator's key (wrong key, unknown `kid`, tampered, other `alg`).
     #[error("the token has an invalid signature")]
     BadSignature,
-    /// `aud` is not an Exchange Online resource.
-    #[error("the audience {actual:?} is not Exchange Online")]
+    /// `aud` is not the resource the token is presented to.
+    #[error("the audience {actual:?} is not this resource")]
     WrongAudience {
         /// The `aud` the token carries.
         actual: String,
@@ -349,6 +357,17 @@ impl TokenService {
     /// Validates a bearer token as EWS does: parse, signature by this service's key, audience,
     /// lifetime. Tenant and roles are left to the caller.
     pub fn validate(&self, bearer: &str, now_unix: i64) -> Result<AccessClaims, BearerError> {
+        self.validate_for(bearer, now_unix, &EXCHANGE_AUDIENCES)
+    }
+
+    /// [`Self::validate`] for a resource whose token audiences are `audiences` (Graph's face
+    /// passes [`GRAPH_AUDIENCES`]).
+    pub fn validate_for(
+        &self,
+        bearer: &str,
+        now_unix: i64,
+        audiences: &[&str],
+    ) -> Result<AccessClaims, BearerError> {
         let mut parts = bearer.trim().split('.');
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -390,7 +409,7 @@ impl TokenService {
 
         let claims: TokenClaims =
             serde_json::from_slice(&payload).map_err(|_| BearerError::Malformed)?;
-        if !EXCHANGE_AUDIENCES.contains(&claims.aud.as_str()) {
+        if !audiences.contains(&claims.aud.as_str()) {
             return Err(BearerError::WrongAudience { actual: claims.aud });
         }
         if claims.exp.saturating_add(CLOCK_SKEW_SECS) <= now_unix {

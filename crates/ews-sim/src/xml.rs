@@ -1,11 +1,11 @@
-//! A small namespace-aware DOM for the simulator.
+//! A small namespace-aware DOM for the simulator, built with roxmltree.
 //!
 //! The simulator plays the server: it may read a whole (bounded) request before answering, so a
-//! tree is the simplest faithful model. DOCTYPE declarations are refused, as Exchange refuses them.
-
-use quick_xml::NsReader;
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
+//! tree is the simplest faithful model. It parses with roxmltree, a well-formedness-checking XML
+//! 1.0 parser independent of the quick-xml reader the gateway uses, so that it judges what the
+//! gateway forwards as a strict server would (issue 12): a document it refuses is answered with
+//! `ErrorInvalidRequest`, as Exchange does. DOCTYPE declarations are refused, as Exchange refuses
+//! them.
 
 /// Errors while parsing a request document.
 #[derive(Debug, thiserror::Error)]
@@ -111,137 +111,70 @@ impl Element {
     }
 }
 
-fn ns_of(resolved: ResolveResult<'_>) -> Result<Option<String>, XmlError> {
-    match resolved {
-        ResolveResult::Bound(ns) => Ok(Some(ns.as_ref().to_owned())),
-        ResolveResult::Unbound => Ok(None),
-        ResolveResult::Unknown(prefix) => Err(XmlError::Malformed(format!(
-            "undeclared namespace prefix '{}'",
-            prefix
-        ))),
-    }
-}
+/// Most nodes a request may have (a 150 MB attachment is one text node; this bounds the tree).
+const MAX_NODES: u32 = 1_000_000;
 
-fn start_element(
-    reader: &NsReader<&[u8]>,
-    ns: Option<String>,
-    start: &quick_xml::events::BytesStart<'_>,
-) -> Result<Element, XmlError> {
-    let local = start.local_name().as_ref().to_owned();
-    let mut attrs = Vec::new();
-    for attr in start.attributes() {
-        let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
-        let key = attr.key;
-        if key.as_namespace_binding().is_some() {
-            continue;
-        }
-        let (resolved, local_name) = reader.resolver().resolve_attribute(key);
-        let ns = ns_of(resolved)?;
-        let value = attr
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| XmlError::Malformed(e.to_string()))?
-            .into_owned();
-        attrs.push(Attr {
-            ns,
-            local: local_name.as_ref().to_owned(),
-            value,
-        });
-    }
-    Ok(Element {
-        ns,
-        local,
-        attrs,
-        children: Vec::new(),
-    })
-}
-
-/// Parses a complete document and returns its root element.
+/// Parses a complete UTF-8 document (an optional UTF-8 byte-order mark first) and returns its
+/// root element.
 pub fn parse(bytes: &[u8]) -> Result<Element, XmlError> {
-    let mut reader = NsReader::from_reader(bytes);
-    reader.config_mut().check_end_names = true;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
-    loop {
-        let (resolved, event) = reader
-            .read_resolved_event()
-            .map_err(|e| XmlError::Malformed(e.to_string()))?;
-        let element_ns = match &event {
-            Event::Start(_) | Event::Empty(_) => ns_of(resolved)?,
-            _ => None,
-        };
-        match event {
-            Event::DocType(_) => return Err(XmlError::Doctype),
-            Event::Start(start) => {
-                if root.is_some() {
-                    return Err(XmlError::Malformed("content after the root element".into()));
-                }
-                let el = start_element(&reader, element_ns, &start)?;
-                stack.push(el);
-            }
-            Event::Empty(start) => {
-                if root.is_some() {
-                    return Err(XmlError::Malformed("content after the root element".into()));
-                }
-                let el = start_element(&reader, element_ns, &start)?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(el)),
-                    None => root = Some(el),
-                }
-            }
-            Event::End(_) => {
-                let Some(el) = stack.pop() else {
-                    return Err(XmlError::Malformed("unbalanced end tag".into()));
-                };
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(el)),
-                    None => root = Some(el),
-                }
-            }
-            Event::Text(text) => {
-                let unescaped = text.xml10_content().into_owned();
-                if let Some(parent) = stack.last_mut() {
-                    parent.children.push(Node::Text(unescaped));
-                } else if !unescaped.trim().is_empty() {
-                    return Err(XmlError::Malformed("text outside the root element".into()));
-                }
-            }
-            Event::GeneralRef(reference) => {
-                // Only the predefined and character references exist without a DTD.
-                let name = reference.xml10_content();
-                let text = match name.as_ref() {
-                    "lt" => "<".to_owned(),
-                    "gt" => ">".to_owned(),
-                    "amp" => "&".to_owned(),
-                    "apos" => "'".to_owned(),
-                    "quot" => "\"".to_owned(),
-                    other => {
-                        let ch = reference
-                            .resolve_char_ref()
-                            .map_err(|e| XmlError::Malformed(e.to_string()))?
-                            .ok_or_else(|| {
-                                XmlError::Malformed(format!("undeclared entity '{other}'"))
-                            })?;
-                        ch.to_string()
-                    }
-                };
-                if let Some(parent) = stack.last_mut() {
-                    parent.children.push(Node::Text(text));
-                }
-            }
-            Event::CData(cdata) => {
-                let text = cdata.into_inner().into_owned();
-                if let Some(parent) = stack.last_mut() {
-                    parent.children.push(Node::Text(text));
-                }
-            }
-            Event::Eof => break,
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
-        }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| XmlError::Malformed(format!("not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(XmlError::Empty);
     }
-    if !stack.is_empty() {
-        return Err(XmlError::Malformed("unexpected end of document".into()));
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| match e {
+        roxmltree::Error::DtdDetected => XmlError::Doctype,
+        other => XmlError::Malformed(other.to_string()),
+    })?;
+    // roxmltree reads `xmlns:p=""` as undeclaring p (XML 1.1); Namespaces in XML 1.0 forbids
+    // it and .NET refuses it.
+    if let Some(ns) = doc
+        .descendants()
+        .filter(roxmltree::Node::is_element)
+        .flat_map(|n| n.namespaces())
+        .find(|ns| ns.name().is_some() && ns.uri().is_empty())
+    {
+        return Err(XmlError::Malformed(format!(
+            "the prefix '{}' is declared with an empty namespace name",
+            ns.name().unwrap_or_default()
+        )));
     }
-    root.ok_or(XmlError::Empty)
+    Ok(convert(doc.root_element()))
+}
+
+fn convert(node: roxmltree::Node<'_, '_>) -> Element {
+    let attrs = node
+        .attributes()
+        .map(|a| Attr {
+            ns: a.namespace().map(str::to_owned),
+            local: a.name().to_owned(),
+            value: a.value().to_owned(),
+        })
+        .collect();
+    let children = node
+        .children()
+        .filter_map(|child| {
+            if child.is_element() {
+                Some(Node::Element(convert(child)))
+            } else if child.is_text() {
+                child.text().map(|t| Node::Text(t.to_owned()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    Element {
+        ns: node.tag_name().namespace().map(str::to_owned),
+        local: node.tag_name().name().to_owned(),
+        attrs,
+        children,
+    }
 }
 
 #[cfg(test)]
@@ -271,5 +204,32 @@ mod tests {
         assert!(parse(b"<x></y>").is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"<p:x/>").is_err());
+    }
+
+    /// The XML 1.0 rules the gateway's head scan enforces (issue 12) are enforced here too, by
+    /// an independent parser.
+    #[test]
+    fn refuses_what_xml_1_0_forbids() {
+        let mut accepted = Vec::new();
+        for (name, doc) in [
+            ("control character", "<x>a\u{1}b</x>"),
+            ("U+FFFE", "<x>\u{FFFE}</x>"),
+            ("reference to a control", "<x>&#1;</x>"),
+            ("lt in attribute", "<x a=\"<\"/>"),
+            (
+                "duplicate expanded attribute",
+                "<x xmlns:a=\"urn:x\" xmlns:b=\"urn:x\" a:v=\"1\" b:v=\"2\"/>",
+            ),
+            ("empty prefixed namespace", "<x xmlns:p=\"\"/>"),
+            ("xml prefix rebound", "<x xmlns:xml=\"urn:y\"/>"),
+            ("reference in a name", "<x&#x3A;y/>"),
+            ("no whitespace between attributes", "<x a=\"1\"b=\"2\"/>"),
+            ("two colons", "<a:b:c xmlns:a=\"urn:x\"/>"),
+        ] {
+            if parse(doc.as_bytes()).is_ok() {
+                accepted.push(format!("{name}: {doc}"));
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:?}");
     }
 }

@@ -250,7 +250,8 @@ test('archiver reads alice through ImpersonatedUserId', async () => {
   assert.ok(found.includes('Quarterly report'));
   const bodies = ewsBodies(await simRequests());
   assert.ok(bodies.length >= 1);
-  for (const b of bodies) assert.match(b, /<t:SmtpAddress>alice@contoso\.example<\/t:SmtpAddress>/);
+  // The gateway always sends the decided mailbox in its one canonical form (PrimarySmtpAddress).
+  for (const b of bodies) assert.match(b, /<t:PrimarySmtpAddress>alice@contoso\.example<\/t:PrimarySmtpAddress>/);
 });
 
 // ews-javascript-api rejects with the parsed SoapFaultDetails (not a ServiceResponseException).

@@ -49,7 +49,7 @@ pub fn render(msg: &Message) -> Vec<u8> {
         text_part(&mut out, subtype, &msg.body);
     } else {
         let digest = Sha256::digest(format!("{}{}", msg.internet_message_id, msg.subject));
-        let boundary = format!("_sim_{}_", super::super::hex(&digest[..10]));
+        let boundary = format!("_sim_{}_", hex::encode(&digest[..10]));
         header(
             &mut out,
             "Content-Type",

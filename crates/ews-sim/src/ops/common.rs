@@ -210,6 +210,14 @@ pub(super) fn tenant_mailbox<'a>(ctx: &'a OpContext, address: &str) -> Option<&'
     })
 }
 
+/// The tenant's mailbox whose Exchange GUID an id carries.
+pub(super) fn mailbox_by_guid<'a>(ctx: &'a OpContext, guid: &str) -> Option<&'a DirMailbox> {
+    ctx.tenant
+        .mailboxes
+        .iter()
+        .find(|m| crate::mailbox::mailbox_guid(&m.smtp) == guid)
+}
+
 /// The delegate rule for a mailbox named by address.
 pub(super) fn reachable_by_address<'a>(
     ctx: &'a OpContext,
@@ -261,13 +269,12 @@ pub(super) fn folder_target(ctx: &OpContext, el: &Element) -> Result<FolderTarge
             if decoded.kind != IdKind::Folder {
                 return Err(OpError::malformed());
             }
-            let mbx =
-                tenant_mailbox(ctx, &decoded.mailbox).ok_or_else(OpError::folder_not_found)?;
+            let mbx = mailbox_by_guid(ctx, &decoded.guid).ok_or_else(OpError::folder_not_found)?;
             if !mbx.grants_access_to(&ctx.acting.smtp) {
                 return Err(OpError::access_denied());
             }
             Ok(FolderTarget {
-                mailbox: decoded.mailbox,
+                mailbox: mbx.smtp.to_ascii_lowercase(),
                 display: mbx.display_name.clone(),
                 which: Which::Id(id.trim().to_owned()),
             })
@@ -319,12 +326,12 @@ pub(super) fn item_target(
     if decoded.kind != kind {
         return Err(OpError::malformed());
     }
-    let mbx = tenant_mailbox(ctx, &decoded.mailbox).ok_or_else(OpError::item_not_found)?;
+    let mbx = mailbox_by_guid(ctx, &decoded.guid).ok_or_else(OpError::item_not_found)?;
     if !mbx.grants_access_to(&ctx.acting.smtp) {
         return Err(OpError::access_denied());
     }
     Ok(ItemTarget {
-        mailbox: decoded.mailbox,
+        mailbox: mbx.smtp.to_ascii_lowercase(),
         id: id.trim().to_owned(),
         change_key: el.attr("ChangeKey").map(str::to_owned),
     })

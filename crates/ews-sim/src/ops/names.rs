@@ -46,7 +46,7 @@ fn convert(id: &str, from: &str, to: &str) -> String {
         STANDARD.decode(id).ok()
     };
     match (bytes, to) {
-        (Some(b), "HexEntryId") => crate::hex(&b).to_ascii_uppercase(),
+        (Some(b), "HexEntryId") => hex::encode_upper(&b),
         (Some(b), _) => STANDARD.encode(b),
         (None, _) => id.to_owned(),
     }

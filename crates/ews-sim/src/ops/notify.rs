@@ -42,7 +42,7 @@ fn not_found() -> OpError {
 fn denied() -> OpError {
     OpError::new(
         "ErrorSubscriptionAccessDenied",
-        "Subscriptions can only be used by the mailbox that created them.",
+        "Subscriptions can only be used by the account that created them.",
     )
 }
 
@@ -122,6 +122,7 @@ pub(super) fn subscribe(state: &Arc<SimState>, ctx: &OpContext, op: &Element) ->
                 id.clone(),
                 Subscription {
                     owner: acting.clone(),
+                    app: ctx.app_id.clone(),
                     folders: watched,
                     kinds: kinds.clone(),
                     queue: Default::default(),
@@ -139,11 +140,10 @@ pub(super) fn subscribe(state: &Arc<SimState>, ctx: &OpContext, op: &Element) ->
 
 pub(super) fn unsubscribe(state: &Arc<SimState>, ctx: &OpContext, op: &Element) -> OpResult {
     let id = required(op, M, "SubscriptionId")?.text();
-    let acting = ctx.acting.smtp.to_ascii_lowercase();
     let msg = state.mailboxes.with(|data| {
         let r = match data.subscriptions.get(&id) {
             None => Err(not_found()),
-            Some(s) if s.owner != acting => Err(denied()),
+            Some(s) if s.app != ctx.app_id => Err(denied()),
             Some(_) => {
                 data.subscriptions.remove(&id);
                 Ok(String::new())
@@ -313,7 +313,6 @@ pub(super) fn get_streaming_events(
             ));
         }
     };
-    let acting = ctx.acting.smtp.to_ascii_lowercase();
     // Subscribe to changes before checking, so nothing queued in between is missed.
     let changes = state.mailboxes.changes();
     let check = state.mailboxes.with(|data| {
@@ -325,7 +324,7 @@ pub(super) fn get_streaming_events(
                         "The subscription is invalid.",
                     ));
                 }
-                Some(s) if s.owner != acting => return Err(denied()),
+                Some(s) if s.app != ctx.app_id => return Err(denied()),
                 Some(_) => {}
             }
         }

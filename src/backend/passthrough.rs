@@ -1,12 +1,10 @@
-//! The upstream seam: where an authorised EWS call goes.
+//! The EWS pass-through backend: the authorised call forwarded to Exchange Online or Exchange
+//! Server with an app-only bearer token, the impersonation written into the envelope head, and
+//! the answer streamed back. Steps: token -> rewrite -> forward -> respond.
 //!
-//! [`Upstream`] is the one trait between the gateway's decision-making and a backend. Today's
-//! backend, [`EwsPassthrough`], forwards EWS to Exchange Online or Exchange Server on-premises with
-//! an app-only bearer token; a later backend may translate EWS operations to Microsoft Graph
-//! behind the same trait. Phases inside the pass-through are plain steps: token -> rewrite ->
-//! forward -> respond.
+//! Also its business: the WSDL/XSD documents (fetched from the same Exchange) and streaming
+//! notifications (`GetStreamingEvents` answers are marked long-lived).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,79 +18,36 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::auth::Principal;
+use super::{AuthorisedCall, Backend, BackendFuture, BackendResponse, DocumentRequest};
+use crate::config::Config;
 use crate::error::{GatewayError, Side};
 use crate::http_util::{Body, BoxError};
-use crate::rewrite::ScannedHead;
-use crate::soap::ConnectingSid;
-use crate::token::TenantTokens;
-
-/// An EWS call the gateway has authenticated and authorised.
-pub struct EwsCall {
-    /// Who is calling.
-    pub principal: Arc<Principal>,
-    /// The mailbox the call acts as (the impersonation to inject).
-    pub act_as: ConnectingSid,
-    /// The tenant whose token is used.
-    pub tenant: Arc<TenantTokens>,
-    /// The scanned, not yet rewritten, envelope head.
-    pub head: ScannedHead,
-    /// The rest of the client's body, after the head.
-    pub rest: Option<Body>,
-    /// Total length of the client's body, when it sent `Content-Length`.
-    pub client_content_length: Option<u64>,
-    /// Bytes of the client's body consumed into the head.
-    pub consumed: u64,
-    /// Client headers already filtered to those that may go upstream.
-    pub headers: HeaderMap,
-    /// The `X-AnchorMailbox` to send.
-    pub anchor: String,
-}
-
-/// A GET of a WSDL/XSD document on behalf of an authenticated principal.
-#[derive(Debug)]
-pub struct DocumentCall {
-    /// Path below the EWS base, e.g. `/EWS/Services.wsdl`.
-    pub path: String,
-    /// The tenant whose token is used.
-    pub tenant: Arc<TenantTokens>,
-    /// The principal's own mailbox (anchor).
-    pub anchor: String,
-    /// Filtered client headers.
-    pub headers: HeaderMap,
-}
-
-/// What the backend answered.
-pub struct UpstreamResponse {
-    /// Status, filtered headers and the streaming body.
-    pub response: Response<Body>,
-    /// Exchange's `request-id`, for the audit trail.
-    pub upstream_request_id: Option<String>,
-}
-
-/// A backend for authorised EWS calls.
-pub trait Upstream: Send + Sync + 'static {
-    /// Carries out an EWS SOAP call.
-    fn call(
-        &self,
-        call: EwsCall,
-    ) -> impl Future<Output = Result<UpstreamResponse, GatewayError>> + Send;
-
-    /// Fetches a service description document (WSDL/XSD).
-    fn document(
-        &self,
-        call: DocumentCall,
-    ) -> impl Future<Output = Result<UpstreamResponse, GatewayError>> + Send;
-}
+use crate::token::{AccessToken, Tenant, TenantTokens};
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-/// EWS pass-through to Exchange Online or Exchange Server.
-pub struct EwsPassthrough {
+/// The HTTPS client all pass-through backends share (one connection pool).
+#[derive(Clone)]
+pub struct PassthroughClient {
     client: HttpsClient,
-    ews_url: Uri,
+    default_ews_url: Uri,
     response_timeout: Duration,
     max_body_bytes: u64,
+}
+
+/// Where a pass-through sends EWS.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The tenant's own EWS URL, else the gateway's default, with the tenant's Exchange scope.
+    ExchangeOnline,
+    /// An Exchange Server on-premises.
+    ExchangeServer { ews_url: Uri, scope: String },
+}
+
+/// EWS pass-through to Exchange Online or Exchange Server.
+pub struct EwsPassthrough {
+    http: PassthroughClient,
+    target: Target,
 }
 
 /// Errors building the pass-through.
@@ -105,24 +60,6 @@ pub enum UpstreamSetupError {
     #[error("upstream.ca_file: {0}")]
     Ca(String),
 }
-
-/// Request headers a client may send through to Exchange; everything else is dropped
-/// (deny by default: the client's `Authorization`, spoofed `X-Forwarded-*`, ...).
-const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "content-type",
-    "accept",
-    "accept-encoding",
-    "accept-language",
-    "user-agent",
-    "soapaction",
-    "cookie",
-    "client-request-id",
-    "return-client-request-id",
-    "x-preferserveraffinity",
-    "x-backendoverridecookie",
-    "x-clientstatistics",
-    "prefer",
-];
 
 /// Response headers never passed back: hop-by-hop, challenges, and Exchange topology.
 const DROPPED_RESPONSE_HEADERS: &[&str] = &[
@@ -146,26 +83,27 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "x-powered-by",
 ];
 
-/// Copies the client headers that may go upstream.
-pub fn forwardable_request_headers(client: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in client {
-        if FORWARDED_REQUEST_HEADERS.contains(&name.as_str()) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
 fn filter_response_headers(headers: &mut HeaderMap) {
     for name in DROPPED_RESPONSE_HEADERS {
         headers.remove(*name);
     }
 }
 
-impl EwsPassthrough {
-    /// A pooled client for `ews_url`, trusting the platform roots plus `extra_ca_pem`.
-    pub fn new(
+impl PassthroughClient {
+    /// The client `[upstream]` and `[limits]` configure.
+    pub fn new(config: &Config, extra_ca_pem: Option<&[u8]>) -> Result<Self, UpstreamSetupError> {
+        Self::with(
+            &config.upstream.ews_url,
+            extra_ca_pem,
+            Duration::from_secs(config.upstream.connect_timeout_seconds),
+            Duration::from_secs(config.upstream.response_timeout_seconds),
+            config.limits.max_body_bytes,
+        )
+    }
+
+    /// A pooled client whose default EWS URL is `ews_url`, trusting the platform roots plus
+    /// `extra_ca_pem`.
+    pub fn with(
         ews_url: &str,
         extra_ca_pem: Option<&[u8]>,
         connect_timeout: Duration,
@@ -208,9 +146,47 @@ impl EwsPassthrough {
             .build(connector);
         Ok(Self {
             client,
-            ews_url,
+            default_ews_url: ews_url,
             response_timeout,
             max_body_bytes,
+        })
+    }
+
+    /// The pass-through to Exchange Online (the tenant's EWS URL, else the default).
+    pub fn exchange_online(&self) -> Result<EwsPassthrough, UpstreamSetupError> {
+        Ok(EwsPassthrough {
+            http: self.clone(),
+            target: Target::ExchangeOnline,
+        })
+    }
+
+    /// The pass-through to an Exchange Server at `ews_url`, with tokens for `scope` (default:
+    /// the URL's origin with `/.default`).
+    pub fn exchange_server(
+        &self,
+        ews_url: &str,
+        scope: Option<&str>,
+    ) -> Result<EwsPassthrough, UpstreamSetupError> {
+        let url: Uri = ews_url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamSetupError::Url(e.to_string()))?;
+        let scope = match scope {
+            Some(s) => s.to_owned(),
+            None => {
+                let (Some(scheme), Some(authority)) = (url.scheme_str(), url.authority()) else {
+                    return Err(UpstreamSetupError::Url(format!(
+                        "{ews_url} is not an absolute URL"
+                    )));
+                };
+                format!("{scheme}://{}/.default", authority.host())
+            }
+        };
+        Ok(EwsPassthrough {
+            http: self.clone(),
+            target: Target::ExchangeServer {
+                ews_url: url,
+                scope,
+            },
         })
     }
 
@@ -237,6 +213,12 @@ impl EwsPassthrough {
             Ok(Err(err)) if body_too_large(&err).is_some() => Err(GatewayError::PayloadTooLarge {
                 limit: body_too_large(&err).unwrap_or_default(),
             }),
+            // The client stopped sending its body in time; the upstream request was aborted.
+            Ok(Err(err)) if crate::http_util::body_read_timeout(&err).is_some() => {
+                Err(GatewayError::BodyTimeout {
+                    seconds: crate::http_util::body_read_timeout(&err).map_or(0, |t| t.seconds),
+                })
+            }
             Ok(Err(err)) => Err(GatewayError::Unavailable {
                 side: Side::Exchange,
                 message: format!(
@@ -303,7 +285,7 @@ impl EwsPassthrough {
         Ok(req)
     }
 
-    fn respond(&self, resp: Response<hyper::body::Incoming>) -> UpstreamResponse {
+    fn respond(&self, resp: Response<hyper::body::Incoming>) -> BackendResponse {
         let upstream_request_id = resp
             .headers()
             .get("request-id")
@@ -312,9 +294,10 @@ impl EwsPassthrough {
         let (mut parts, body) = resp.into_parts();
         filter_response_headers(&mut parts.headers);
         let body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-        UpstreamResponse {
+        BackendResponse {
             response: Response::from_parts(parts, body),
             upstream_request_id,
+            streaming: false,
         }
     }
 }
@@ -350,37 +333,43 @@ fn refusal_from_status(resp: &Response<hyper::body::Incoming>) -> Option<Gateway
     }
 }
 
-/// Where an EWS POST goes and what it carries besides the body.
-struct Target<'a> {
-    tenant: &'a TenantTokens,
-    headers: &'a HeaderMap,
-    anchor: &'a str,
-}
-
 impl EwsPassthrough {
-    /// Sends one EWS POST for `tenant` with `token`.
+    /// The EWS URL for a call of `tenant`.
+    fn ews_url<'a>(&'a self, tenant: &'a Tenant) -> &'a Uri {
+        match &self.target {
+            Target::ExchangeOnline => tenant
+                .ews_url
+                .as_ref()
+                .unwrap_or(&self.http.default_ews_url),
+            Target::ExchangeServer { ews_url, .. } => ews_url,
+        }
+    }
+
+    /// The token state this backend uses for `tenant`: its resource, from the one token source.
+    fn tokens(&self, tenant: &Tenant) -> Arc<TenantTokens> {
+        match &self.target {
+            Target::ExchangeOnline => tenant.ews_tokens(),
+            Target::ExchangeServer { scope, .. } => tenant.tokens(scope),
+        }
+    }
+
+    /// Sends one EWS POST with `token`.
     async fn post_ews(
         &self,
-        target: &Target<'_>,
-        token: &crate::token::AccessToken,
+        call: &Posted<'_>,
+        token: &AccessToken,
         body: Body,
-        content_length: Option<u64>,
     ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
-        let url = target
-            .tenant
-            .ews_url
-            .clone()
-            .unwrap_or_else(|| self.ews_url.clone());
-        let mut req = self.build_request(
-            url,
+        let mut req = self.http.build_request(
+            call.url.clone(),
             Method::POST,
-            target.headers,
+            call.headers,
             token.bearer(),
-            target.anchor,
+            call.anchor,
             body,
         )?;
-        set_content_length(&mut req, content_length);
-        self.send(req).await
+        set_content_length(&mut req, call.content_length);
+        self.http.send(req).await
     }
 
     /// The client's answer: a refusal only the operator can fix becomes a fault, anything else
@@ -388,67 +377,100 @@ impl EwsPassthrough {
     fn answer(
         &self,
         resp: Response<hyper::body::Incoming>,
-    ) -> Result<UpstreamResponse, GatewayError> {
+    ) -> Result<BackendResponse, GatewayError> {
         match refusal_from_status(&resp) {
             Some(err) => Err(err),
-            None => Ok(self.respond(resp)),
+            None => Ok(self.http.respond(resp)),
         }
     }
-}
 
-impl Upstream for EwsPassthrough {
-    async fn call(&self, call: EwsCall) -> Result<UpstreamResponse, GatewayError> {
-        let target = Target {
-            tenant: &call.tenant,
+    async fn forward(&self, call: AuthorisedCall) -> Result<BackendResponse, GatewayError> {
+        // token
+        let tokens = self.tokens(&call.tenant);
+        let token = tokens.get().await?;
+        // rewrite
+        let rewritten = call.body.rewrite(&call.mailbox);
+        let prefix = rewritten.prefix;
+        let replayable = rewritten.rest.is_none();
+        let posted = Posted {
+            url: self.ews_url(&call.tenant),
             headers: &call.headers,
             anchor: &call.anchor,
+            content_length: rewritten.content_length,
         };
-        // token
-        let token = call.tenant.get().await?;
-        // rewrite
-        let prefix = call.head.rewrite(&call.act_as);
-        let rest = call.rest;
-        let replayable = rest.is_none();
-        let content_length = call
-            .client_content_length
-            .map(|len| len - call.consumed.min(len) + prefix.len() as u64);
         // forward
-        let body = limited_body(prefix.clone(), rest, self.max_body_bytes);
-        let resp = self.post_ews(&target, &token, body, content_length).await?;
+        let limit = self.http.max_body_bytes;
+        let body = limited_body(prefix.clone(), rewritten.rest, limit);
+        let mut resp = self.post_ews(&posted, &token, body).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // Exchange says the token is bad: drop it, and try once more when the body can be
             // replayed (never more: a second refusal is the operator's to fix).
-            call.tenant.invalidate(&token);
+            tokens.invalidate(&token);
             if replayable {
-                let token = call.tenant.get().await?;
-                let body = limited_body(prefix, None, self.max_body_bytes);
-                let resp = self.post_ews(&target, &token, body, content_length).await?;
+                let token = tokens.get().await?;
+                let body = limited_body(prefix, None, limit);
+                resp = self.post_ews(&posted, &token, body).await?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
-                    call.tenant.invalidate(&token);
+                    tokens.invalidate(&token);
                 }
-                return self.answer(resp);
             }
+        }
+        // respond
+        let mut answer = self.answer(resp)?;
+        // A streaming subscription stays open for up to 30 minutes: the gateway closes it
+        // cleanly when it drains.
+        answer.streaming =
+            call.operation == "GetStreamingEvents" && answer.response.status().is_success();
+        Ok(answer)
+    }
+
+    async fn fetch_document(
+        &self,
+        request: DocumentRequest,
+    ) -> Result<BackendResponse, GatewayError> {
+        let tokens = self.tokens(&request.tenant);
+        let token = tokens.get().await?;
+        let uri = self
+            .http
+            .url_for(self.ews_url(&request.tenant), request.path)?;
+        let req = self.http.build_request(
+            uri,
+            Method::GET,
+            &request.headers,
+            token.bearer(),
+            &request.anchor,
+            crate::http_util::empty(),
+        )?;
+        let resp = self.http.send(req).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            tokens.invalidate(&token);
         }
         self.answer(resp)
     }
+}
 
-    async fn document(&self, call: DocumentCall) -> Result<UpstreamResponse, GatewayError> {
-        let token = call.tenant.get().await?;
-        let base = call.tenant.ews_url.as_ref().unwrap_or(&self.ews_url);
-        let uri = self.url_for(base, &call.path)?;
-        let req = self.build_request(
-            uri,
-            Method::GET,
-            &call.headers,
-            token.bearer(),
-            &call.anchor,
-            crate::http_util::empty(),
-        )?;
-        let resp = self.send(req).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            call.tenant.invalidate(&token);
+/// Where one EWS POST goes and what it carries besides the body.
+struct Posted<'a> {
+    url: &'a Uri,
+    headers: &'a HeaderMap,
+    anchor: &'a str,
+    content_length: Option<u64>,
+}
+
+impl Backend for EwsPassthrough {
+    fn name(&self) -> &'static str {
+        match self.target {
+            Target::ExchangeOnline => "exchange-online",
+            Target::ExchangeServer { .. } => "exchange-server",
         }
-        self.answer(resp)
+    }
+
+    fn call(&self, call: AuthorisedCall) -> BackendFuture<'_> {
+        Box::pin(self.forward(call))
+    }
+
+    fn document(&self, request: DocumentRequest) -> BackendFuture<'_> {
+        Box::pin(self.fetch_document(request))
     }
 }
 
