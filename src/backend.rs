@@ -269,17 +269,17 @@ pub enum BackendSetupError {
 }
 
 /// Builds the backends `config` names over `tokens`; `upstream_ca_pem` is the extra CA of
-/// `[upstream]`.
+/// `[upstream]`; Graph backends wait for `graph_shaper` (one for all: Graph's limits are per
+/// app and mailbox).
 pub fn build(
     config: &Config,
     tokens: Arc<TokenSource>,
     upstream_ca_pem: Option<&[u8]>,
+    graph_shaper: &Arc<crate::graph_shaping::Shaper>,
 ) -> Result<Backends, BackendSetupError> {
     let http = passthrough::PassthroughClient::new(config, upstream_ca_pem)?;
     let graph_http =
         crate::token::http_client(upstream_ca_pem).map_err(BackendSetupError::GraphClient)?;
-    // One shaper for every Graph backend: Graph's limits are per app and mailbox.
-    let graph_shaper = Arc::new(crate::graph::shaper::LocalShaper::default());
     let make = |backend: &BackendConfig| -> Result<Arc<dyn Backend>, BackendSetupError> {
         Ok(match backend {
             BackendConfig::ExchangeOnline => Arc::new(http.exchange_online()?),
@@ -291,7 +291,7 @@ pub fn build(
                 &tokens,
                 graph_url,
                 &graph_http,
-                &graph_shaper,
+                graph_shaper,
             )),
         })
     };
@@ -332,7 +332,7 @@ pub fn build(
 /// The Graph port every tenant's translator uses: the tenant's Graph token, the shared shaper.
 pub type GraphPortFor = crate::graph::http::HttpGraph<
     Arc<crate::token::TenantTokens>,
-    Arc<crate::graph::shaper::LocalShaper>,
+    crate::graph::shaper::ConfiguredShaper,
 >;
 
 /// A Graph translation backend at `graph_url` with one translator per tenant, each with that
@@ -342,7 +342,7 @@ fn graph_backend(
     tokens: &TokenSource,
     graph_url: &str,
     http: &reqwest::Client,
-    shaper: &Arc<crate::graph::shaper::LocalShaper>,
+    shaper: &Arc<crate::graph_shaping::Shaper>,
 ) -> crate::graph::backend::GraphUpstream<GraphPortFor> {
     let translators = tokens
         .tenants()
@@ -354,7 +354,10 @@ fn graph_backend(
                     ..Default::default()
                 },
                 tenant.tokens(&tenant.graph_scope),
-                Arc::clone(shaper),
+                crate::graph::shaper::ConfiguredShaper::new(
+                    Arc::clone(shaper),
+                    tenant.client_id.clone(),
+                ),
             );
             (
                 tenant.tenant_id.clone(),
@@ -444,7 +447,13 @@ tenant = "contoso-tenant"
 "#,
             users.path(),
         );
-        let backends = build(&config, tokens(&config), None).unwrap();
+        let backends = build(
+            &config,
+            tokens(&config),
+            None,
+            &Arc::new(crate::graph_shaping::Shaper::local(Default::default())),
+        )
+        .unwrap();
         let online = |t: &str| Some(("exchange-online", t.to_owned()));
         let server = |t: &str| Some(("exchange-server", t.to_owned()));
         assert_eq!(
@@ -505,7 +514,13 @@ backend = {{ kind = "graph", graph_url = "graph.example" }}
         let users = tempfile::NamedTempFile::new().unwrap();
         let config = config("", users.path());
         let tokens = tokens(&config);
-        let backends = build(&config, Arc::clone(&tokens), None).unwrap();
+        let backends = build(
+            &config,
+            Arc::clone(&tokens),
+            None,
+            &Arc::new(crate::graph_shaping::Shaper::local(Default::default())),
+        )
+        .unwrap();
         let fabrikam = backends.choose("x@fabrikam.example").unwrap();
         assert_eq!(
             fabrikam.tenant.ews_scope,

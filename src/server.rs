@@ -215,7 +215,13 @@ fn build_gateway_after(
         }
         _ => Arc::new(build_tokens(config)?),
     };
-    let backends = crate::backend::build(config, Arc::clone(&tokens), upstream_ca.as_deref())?;
+    let graph_shaper = Arc::new(crate::graph_shaping::Shaper::from_config(config)?);
+    let backends = crate::backend::build(
+        config,
+        Arc::clone(&tokens),
+        upstream_ca.as_deref(),
+        &graph_shaper,
+    )?;
     let mailbox_slots = match previous {
         Some((gw, _, _))
             if gw.mailbox_slots.max() == limits.max_concurrent_requests_per_mailbox =>
