@@ -16,10 +16,13 @@ cd "$(dirname "$0")/.."
 # Measured 2026-12-01 on the development machine (release build, valgrind 3.19, runs within
 # 1 % of each other); the threshold is ~23 % above it. Raise it only together with a measured
 # reason in the commit message. History: 154,200 before the audit record, metrics, request
-# span, per-principal rate, per-mailbox slots and connection tracking were added; 186,700 after. Valgrind hides SHA-NI, so the HMAC of the credential cache costs
-# more here than natively.
-MEASURED=186700
-THRESHOLD=230000
+# span, per-principal rate, per-mailbox slots and connection tracking were added; 186,700 after;
+# 230,700 on 2026-12-02 after issue 12's XML 1.0 well-formedness rules in the head scan
+# (PrefixScanner::push went from ~48,000 to ~77,000 per request), the canonical framing check,
+# the body-read deadline and the backend seam. That regression is issue 17's to win back.
+# Valgrind hides SHA-NI, so the HMAC of the credential cache costs more here than natively.
+MEASURED=230700
+THRESHOLD=260000
 N=${CALLGRIND_N:-200}
 WARM=20
 
