@@ -722,8 +722,12 @@ impl<'a> Parser<'a> {
                     self.end(before, after)?
                 }
                 Event::Text(text) => {
+                    // Where the text sits is judged first: a chunk may end inside the text, and
+                    // whether text is allowed here is already decided by its first bytes, while
+                    // `]]>` may only appear later; the other order would make the refusal depend
+                    // on chunking.
+                    self.text(&text.xml10_content(), false)?;
                     crate::wellformed::check_text(&text).map_err(malformed_at(before))?;
-                    self.text(&text.xml10_content(), false)?
                 }
                 Event::CData(cdata) => self.text(&cdata.xml10_content(), false)?,
                 Event::GeneralRef(reference) => {
@@ -1603,6 +1607,12 @@ mod tests {
             ),
             (
                 "<![CDATA[x]]><s:Envelope xmlns:s=\"{S}\"><s:Body/></s:Envelope>".into(),
+                E::ContentBeforeEnvelope,
+            ),
+            // Found by the rewrite fuzz target: `]]>` as the first text. Whole, the `]]>` rule
+            // used to answer first; cut after `]`, the text's place did.
+            (
+                "]]><s:Envelope xmlns:s=\"{S}\"><s:Body/></s:Envelope>".into(),
                 E::ContentBeforeEnvelope,
             ),
             (
