@@ -2,7 +2,7 @@
 #![no_main]
 
 use base64::Engine;
-use ews_gateway::auth::parse_basic;
+use ews_gateway_core::auth::parse_basic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,8 +7,8 @@
 //! means: the SOAP version, the client's impersonation (form and value) and the operation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use ews_gateway::rewrite::{PrefixScanner, RewriteLimits};
-use ews_gateway::soap::{ConnectingSidKind, NS_MESSAGES, NS_SOAP, NS_SOAP12, NS_TYPES};
+use ews_gateway_core::rewrite::{PrefixScanner, RewriteLimits};
+use ews_gateway_core::soap::{ConnectingSidKind, NS_MESSAGES, NS_SOAP, NS_SOAP12, NS_TYPES};
 
 /// Byte offset of a roxmltree text position (1-based row and column in characters).
 fn offset(text: &str, pos: roxmltree::TextPos) -> usize {
@@ -72,8 +72,8 @@ pub fn check(data: &[u8]) {
     };
     let root = doc.root_element();
     let version_ns = match info.soap_version {
-        ews_gateway::rewrite::SoapVersion::Soap11 => NS_SOAP,
-        ews_gateway::rewrite::SoapVersion::Soap12 => NS_SOAP12,
+        ews_gateway_core::rewrite::SoapVersion::Soap11 => NS_SOAP,
+        ews_gateway_core::rewrite::SoapVersion::Soap12 => NS_SOAP12,
     };
     assert_eq!(root.tag_name().namespace(), Some(version_ns));
     assert_eq!(root.tag_name().name(), "Envelope");
